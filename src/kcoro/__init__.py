@@ -1,0 +1,83 @@
+"""kcoro: Go/Kotlin-style channels, select and a token kernel for Python.
+
+One channel can be shared by kcoro tasks (``kcoro.run``), asyncio tasks and plain threads at once;
+every wait is a ticket in the token kernel, completed by whoever arrives.
+"""
+
+from __future__ import annotations
+
+from ._chan import (
+    CONFLATED,
+    DROP_LATEST,
+    DROP_OLDEST,
+    RENDEZVOUS,
+    SUSPEND,
+    UNLIMITED,
+    Channel,
+    ChannelRate,
+    ChannelStats,
+    Overflow,
+    stats_rate,
+)
+from ._errors import (
+    Cancelled,
+    ChannelClosed,
+    KcoroError,
+    OperationCancelled,
+    UndeliveredElementError,
+    WouldBlock,
+)
+from ._runtime import (
+    Task,
+    checkpoint,
+    current_task,
+    current_time,
+    run,
+    sleep,
+    spawn,
+    wait_readable,
+    wait_writable,
+)
+from ._scopes import CancelScope, CancelToken, fail_after, move_on_after
+from ._taskgroup import TaskGroup
+from ._tokens import Ticket, TokenKernel, TokenKernelStats, token_kernel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONFLATED",
+    "DROP_LATEST",
+    "DROP_OLDEST",
+    "RENDEZVOUS",
+    "SUSPEND",
+    "UNLIMITED",
+    "CancelScope",
+    "CancelToken",
+    "Cancelled",
+    "Channel",
+    "ChannelClosed",
+    "ChannelRate",
+    "ChannelStats",
+    "KcoroError",
+    "OperationCancelled",
+    "Overflow",
+    "Task",
+    "TaskGroup",
+    "Ticket",
+    "TokenKernel",
+    "TokenKernelStats",
+    "UndeliveredElementError",
+    "WouldBlock",
+    "checkpoint",
+    "current_task",
+    "current_time",
+    "fail_after",
+    "move_on_after",
+    "run",
+    "sleep",
+    "spawn",
+    "stats_rate",
+    "token_kernel",
+    "wait_readable",
+    "wait_writable",
+]

@@ -1,0 +1,3 @@
+from kcoro.cli import main
+
+raise SystemExit(main())

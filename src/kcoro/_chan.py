@@ -1,0 +1,1323 @@
+"""Channels: rendezvous, buffered, unlimited and conflated, with overflow policies.
+
+State (all of it guarded by the kernel lock, :mod:`kcoro._klock`):
+
+* ``_buf``    deque of accepted items not yet received (never longer than ``_cap``);
+* ``_recvq``  FIFO of parked receivers, ``_sendq`` FIFO of parked senders.  An entry is a
+  :class:`~kcoro._tokens.Ticket` (plain operation) or a select entry; both have ``linked``,
+  ``item``, ``_hand(value)`` and ``_fail(why, reason)``.  ``_nrecv``/``_nsend`` count *linked*
+  entries; unlinked ones are skipped by pops and swept by compaction, so unlinking is O(1);
+* ``_closed`` (closed for send), ``_cancelled`` (``cancel()`` was called).
+
+Invariants (``check_invariants``)::
+
+    len(_buf) <= _cap
+    _nrecv == number of linked entries in _recvq ;  _nsend likewise for _sendq
+    _nrecv > 0  implies  _buf is empty                  (a waiting receiver would have got it)
+    _nsend > 0  implies  len(_buf) == _cap and not _closed   (senders park only when full)
+    not (_nrecv > 0 and _nsend > 0)                    (they would have been paired)
+    _closed and _buf empty  implies  _nrecv == 0 and _nsend == 0
+    _cancelled implies _closed and _buf empty
+    len(queue) <= 2 * linked + 16                       (memory stays proportional to waiters)
+
+Algorithms (the kcoro channel spec):
+
+* send: closed → ChannelClosed.  A parked receiver exists → hand the item to the first live one by
+  completing its ticket (direct hand-off: the item never enters the buffer, nobody can steal it).
+  Room in the buffer → append.  Full: DROP_OLDEST evicts the head (reported), DROP_LATEST drops
+  the new item (reported by ``send``; ``try_send`` returns False instead), SUSPEND parks.
+* recv: buffer non-empty → take the head; if a sender is parked (buffer was full) move its item
+  into the buffer and complete its ticket.  Rendezvous: take the item of the first live parked
+  sender.  Closed and drained → ChannelClosed.  Otherwise park.
+* An entry whose ticket can no longer be completed (cancelled, or its select won elsewhere) is
+  skipped: an item is never handed to an already-cancelled receiver.
+* close: no more sends; fail every parked sender (it keeps its item); once the buffer is empty
+  fail every parked receiver.  cancel: close, discard the buffer through ``on_undelivered``.
+* Wake after unlock: tickets to wake and items to report are collected inside the section and
+  handled after the lock is released.
+
+Section discipline (why no user code can run under the lock): sections allocate no objects the
+cyclic GC tracks (a collection could run finalizers that re-enter kcoro), and never drop the last
+reference to a user object (entries clear ``item`` while the op still holds it).  Exceptions are
+created after the lock is released.
+
+Ownership: a send that raises leaves the item with the sender; a send that returns has given it
+to the channel, which either delivers it or reports it to ``on_undelivered`` exactly once.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
+
+from . import _klock
+from ._context import tls
+from ._errors import (
+    Cancelled,
+    ChannelClosed,
+    OperationCancelled,
+    UndeliveredElementError,
+    WouldBlock,
+)
+from ._runtime import Task, trap
+from ._tokens import (
+    C_COMPLETED,
+    C_INTERNAL,
+    CANCELLED,
+    COMPLETED,
+    COUNTS,
+    PARKED,
+    READY,
+    WHY_CLOSED,
+    WHY_TIMEOUT,
+    WHY_TOKEN,
+    Ticket,
+    internal_ticket,
+)
+from ._wait import (
+    check_blocking_allowed,
+    check_timeout,
+    context,
+    error_for,
+    park,
+    park_blocking,
+    waker_for,
+)
+from ._wakers import thread_waker
+
+__all__ = [
+    "CONFLATED",
+    "DROP_LATEST",
+    "DROP_OLDEST",
+    "RENDEZVOUS",
+    "SUSPEND",
+    "UNLIMITED",
+    "Channel",
+    "ChannelRate",
+    "ChannelStats",
+    "Overflow",
+    "stats_rate",
+]
+
+T = TypeVar("T")
+
+RENDEZVOUS = 0
+CONFLATED = -1
+UNLIMITED = math.inf
+_UNBOUNDED = sys.maxsize  # internal int capacity of UNLIMITED (no preallocation: a deque)
+
+
+class Overflow(enum.Enum):
+    """What a full buffered channel does with one more ``send``."""
+
+    SUSPEND = "suspend"
+    DROP_OLDEST = "drop_oldest"
+    DROP_LATEST = "drop_latest"
+
+    def __repr__(self) -> str:
+        return f"kcoro.{self.name}"
+
+
+SUSPEND = Overflow.SUSPEND
+DROP_OLDEST = Overflow.DROP_OLDEST
+DROP_LATEST = Overflow.DROP_LATEST
+_DROP_CODE = {SUSPEND: 0, DROP_OLDEST: 1, DROP_LATEST: 2}
+
+# Results of the locked helpers.
+_EMPTY: Any = object()   # nothing to receive now
+_CLOSED: Any = object()  # closed (and drained, for receives)
+_FULL = 0
+_OK = 1
+_DROPPED = 2             # accepted, then dropped by DROP_LATEST (the op decides to report)
+_REFUSED = 3             # closed for send
+_PARKED = 4              # registered a ticket: the caller must park
+_TOKEN = 5               # its CancelToken was already cancelled
+_SLOW = 6                # not handled by the inlined fast path
+_PARKED_ITEM: Any = object()
+_TOKEN_ITEM: Any = object()
+_SLOW_ITEM: Any = object()
+
+_take, _give, _contended = _klock.take, _klock.give, _klock.contended
+_now_ns = time.monotonic_ns
+_get_running_loop = __import__("asyncio")._get_running_loop
+
+
+def _nbytes(item: Any) -> int:
+    t = type(item)
+    if t is bytes or t is bytearray:
+        return len(item)
+    if t is memoryview:
+        return item.nbytes  # type: ignore[no-any-return]
+    f = _SIZERS.get(t)
+    return f(item) if f is not None else 0
+
+
+# Extra sized types (e.g. zero-copy payloads) register how to count their bytes.
+_SIZERS: dict[type, Callable[[Any], int]] = {}
+_SIZED_TYPES: set[type] = {bytes, bytearray, memoryview}
+
+
+def register_sized_type(cls: type, nbytes: Callable[[Any], int]) -> None:
+    """Count ``nbytes(item)`` in bytes_sent/bytes_recv for items of type ``cls``."""
+    _SIZERS[cls] = nbytes
+    _SIZED_TYPES.add(cls)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStats:
+    """A frozen snapshot of a channel's counters (cumulative since it was made)."""
+
+    name: str
+    kind: str
+    capacity: float
+    buffered: int
+    peak: int
+    waiting_senders: int
+    waiting_receivers: int
+    closed_for_send: bool
+    closed_for_recv: bool
+    sends: int
+    recvs: int
+    bytes_sent: int
+    bytes_recv: int
+    send_would_block: int
+    send_timeout: int
+    send_closed: int
+    send_cancelled: int
+    send_dropped: int
+    recv_would_block: int
+    recv_timeout: int
+    recv_closed: int
+    recv_cancelled: int
+    undelivered: int
+    zref_sent: int
+    zref_received: int
+    zref_fallback_small: int
+    zref_fallback_capacity: int
+    zref_canceled: int
+    zref_aborted_close: int
+    first_op_ns: int
+    last_op_ns: int
+    snapshot_ns: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_COUNTERS = tuple(
+    f.name for f in fields(ChannelStats)
+    if f.type == "int" and f.name not in ("buffered", "peak", "waiting_senders",
+                                          "waiting_receivers", "first_op_ns", "last_op_ns",
+                                          "snapshot_ns")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRate:
+    """Deltas between two :class:`ChannelStats` of one channel, and per-second rates."""
+
+    interval_s: float
+    deltas: dict[str, int]
+    sends_per_s: float
+    recvs_per_s: float
+    bytes_sent_per_s: float
+    bytes_recv_per_s: float
+
+    def __getattr__(self, name: str) -> int:
+        # d_sends, d_recv_timeout, ...: the delta of any counter
+        if name.startswith("d_") and name[2:] in self.deltas:
+            return self.deltas[name[2:]]
+        raise AttributeError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"interval_s": self.interval_s, "sends_per_s": self.sends_per_s,
+                             "recvs_per_s": self.recvs_per_s,
+                             "bytes_sent_per_s": self.bytes_sent_per_s,
+                             "bytes_recv_per_s": self.bytes_recv_per_s}
+        d.update({f"d_{k}": v for k, v in self.deltas.items()})
+        return d
+
+
+def stats_rate(prev: ChannelStats | None, curr: ChannelStats) -> ChannelRate:
+    """Deltas of every counter between two snapshots plus per-second rates (C
+    ``kc_chan_compute_rate``).  ``prev=None`` means "first sample": deltas are the totals and the
+    interval runs from the channel's first operation.  The interval is clamped to >= 1 µs."""
+    if prev is None:
+        start = curr.first_op_ns or curr.snapshot_ns
+        deltas = {k: getattr(curr, k) for k in _COUNTERS}
+    else:
+        if prev.name != curr.name:
+            raise ValueError(f"stats_rate: snapshots of different channels "
+                             f"({prev.name!r} vs {curr.name!r})")
+        start = prev.snapshot_ns
+        deltas = {k: getattr(curr, k) - getattr(prev, k) for k in _COUNTERS}
+    interval = max((curr.snapshot_ns - start) / 1e9, 1e-6)
+    return ChannelRate(
+        interval_s=interval,
+        deltas=deltas,
+        sends_per_s=deltas["sends"] / interval,
+        recvs_per_s=deltas["recvs"] / interval,
+        bytes_sent_per_s=deltas["bytes_sent"] / interval,
+        bytes_recv_per_s=deltas["bytes_recv"] / interval,
+    )
+
+
+def _check_capacity(capacity: Any) -> tuple[int, str]:
+    if isinstance(capacity, bool):
+        raise TypeError("Channel capacity must be an int, kcoro.UNLIMITED or kcoro.CONFLATED, "
+                        "not a bool")
+    if isinstance(capacity, float):
+        if capacity == math.inf:
+            return _UNBOUNDED, "unlimited"
+        raise TypeError(f"Channel capacity must be an int (or kcoro.UNLIMITED), got "
+                        f"{capacity!r}")
+    if not isinstance(capacity, int):
+        raise TypeError(f"Channel capacity must be an int, kcoro.UNLIMITED or kcoro.CONFLATED, "
+                        f"got {type(capacity).__name__}")
+    if capacity == CONFLATED:
+        return 1, "conflated"
+    if capacity < 0:
+        raise ValueError(f"Channel capacity must be >= 0, kcoro.UNLIMITED or kcoro.CONFLATED, "
+                         f"got {capacity}")
+    if capacity == 0:
+        return 0, "rendezvous"
+    return capacity, "buffered"
+
+
+def _fresh_ticket(task: Task[Any] | None, ctx: Any) -> Ticket:
+    """A new ticket for a wait; a kcoro task caches it for reuse by the inlined fast paths."""
+    if task is not None:
+        t = task._tk = Ticket(task)
+        return t
+    return Ticket(waker_for(ctx))
+
+
+class Channel(Generic[T]):
+    """A channel of items of type ``T``; see the module docstring for the algorithms."""
+
+    __slots__ = (  # state, then counters
+        "__weakref__", "_buf", "_cancelled", "_cap", "_cause", "_closed", "_drop", "_kind",
+        "_name", "_nrecv", "_nsend", "_on_undelivered", "_origin", "_peak", "_recvq", "_sendq",
+        "_x",
+        # counters
+        "bytes_recv", "bytes_sent", "first_op_ns", "last_op_ns", "recv_cancelled",
+        "recv_closed", "recv_timeout", "recv_would_block", "recvs", "send_cancelled",
+        "send_closed", "send_dropped", "send_timeout", "send_would_block", "sends",
+        "undelivered", "zref_aborted_close", "zref_canceled", "zref_fallback_capacity",
+        "zref_fallback_small", "zref_received", "zref_sent",
+    )
+
+    def __init__(self, capacity: int | float = RENDEZVOUS, *, overflow: Overflow = SUSPEND,
+                 on_undelivered: Callable[[T], object] | None = None,
+                 name: str | None = None) -> None:
+        cap, kind = _check_capacity(capacity)
+        if not isinstance(overflow, Overflow):
+            raise TypeError(f"overflow must be kcoro.SUSPEND, kcoro.DROP_OLDEST or "
+                            f"kcoro.DROP_LATEST, got {overflow!r}")
+        if on_undelivered is not None and not callable(on_undelivered):
+            raise TypeError(f"on_undelivered must be callable or None, got "
+                            f"{type(on_undelivered).__name__}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"channel name must be a str, got {type(name).__name__}")
+        drop = _DROP_CODE[overflow]
+        if kind == "conflated" and overflow is not SUSPEND:
+            raise ValueError("a CONFLATED channel already drops the oldest item; "
+                             "do not combine it with an overflow policy")
+        if kind == "unlimited" and overflow is not SUSPEND:
+            raise ValueError("an UNLIMITED channel never overflows; an overflow policy has no "
+                             "effect on it")
+        if kind == "conflated":
+            drop = 1
+        elif kind == "rendezvous" and drop:
+            # As in kotlinx: a rendezvous channel with a drop policy is a size-1 dropping buffer.
+            cap, kind = 1, ("conflated" if drop == 1 else "buffered")
+        self._cap = cap
+        self._kind = kind
+        self._drop = drop
+        self._on_undelivered = on_undelivered
+        self._name = name
+        self._origin: tuple[str, int] | None = None
+        if name is None:
+            f = sys._getframe(1)
+            self._origin = (f.f_code.co_filename, f.f_lineno)
+        self._buf: deque[T] = deque()
+        self._recvq: deque[Any] = deque()
+        self._sendq: deque[Any] = deque()
+        self._nrecv = 0
+        self._nsend = 0
+        self._closed = False
+        self._cancelled = False
+        self._cause: Any = None
+        self._x: Any = None  # scratch: ticket to wake / item dropped, read before unlock
+        self._peak = 0
+        self.sends = self.recvs = self.bytes_sent = self.bytes_recv = 0
+        self.send_would_block = self.send_timeout = self.send_closed = 0
+        self.send_cancelled = self.send_dropped = 0
+        self.recv_would_block = self.recv_timeout = self.recv_closed = self.recv_cancelled = 0
+        self.undelivered = 0
+        self.zref_sent = self.zref_received = self.zref_fallback_small = 0
+        self.zref_fallback_capacity = self.zref_canceled = self.zref_aborted_close = 0
+        self.first_op_ns = self.last_op_ns = 0
+        _on_new_channel(self)
+
+    # -- shape -----------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        n = self._name
+        if n is None:
+            fn, line = self._origin  # type: ignore[misc]
+            n = self._name = f"{os.path.basename(fn)}:{line}#{id(self) & 0xFFFFFF:06x}"
+        return n
+
+    @property
+    def kind(self) -> str:
+        """``"rendezvous" | "buffered" | "unlimited" | "conflated"``."""
+        return self._kind
+
+    @property
+    def capacity(self) -> float:
+        """How many items the buffer holds (``math.inf`` for UNLIMITED, 1 for CONFLATED)."""
+        return UNLIMITED if self._cap == _UNBOUNDED else self._cap
+
+    @property
+    def overflow(self) -> Overflow:
+        return (SUSPEND, DROP_OLDEST, DROP_LATEST)[self._drop]
+
+    @property
+    def closed_for_send(self) -> bool:
+        return self._closed
+
+    @property
+    def closed_for_recv(self) -> bool:
+        """True once closed *and* drained: a receive would raise ChannelClosed."""
+        return self._closed and not self._buf
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    # -- locked helpers (caller holds the kernel lock) ---------------------------------------
+    def _put(self, item: Any) -> int:
+        """Offer ``item`` now.  Sets ``self._x`` to a ticket to wake or an evicted item."""
+        if self._closed:
+            return _REFUSED
+        if self._nrecv:
+            q = self._recvq
+            while self._nrecv:
+                e = q.popleft()
+                if not e.linked:
+                    continue
+                e.linked = False
+                self._nrecv -= 1
+                t = e._hand(item)
+                if t is not None:
+                    self._x = t
+                    self.sends += 1
+                    self.recvs += 1
+                    self.last_op_ns = now = _now_ns()
+                    if not self.first_op_ns:
+                        self.first_op_ns = now
+                    n = _nbytes(item)
+                    if n:
+                        self.bytes_sent += n
+                        self.bytes_recv += n
+                    return _OK
+        buf = self._buf
+        if len(buf) < self._cap:
+            buf.append(item)
+            n = len(buf)
+            if n > self._peak:
+                self._peak = n
+        elif self._drop == 1:  # DROP_OLDEST (and conflated)
+            self._x = buf.popleft()
+            buf.append(item)
+            self.undelivered += 1
+        elif self._drop == 2:  # DROP_LATEST
+            return _DROPPED
+        else:
+            return _FULL
+        self.sends += 1
+        self.last_op_ns = now = _now_ns()
+        if not self.first_op_ns:
+            self.first_op_ns = now
+        n = _nbytes(item)
+        if n:
+            self.bytes_sent += n
+        return _OK
+
+    def _get(self) -> Any:
+        """Take an item now, or return ``_EMPTY`` / ``_CLOSED``.  May set ``self._x``."""
+        buf = self._buf
+        if buf:
+            item = buf.popleft()
+            if self._nsend:
+                q = self._sendq
+                while self._nsend:
+                    e = q.popleft()
+                    if not e.linked:
+                        continue
+                    e.linked = False
+                    self._nsend -= 1
+                    t = e._hand(None)
+                    if t is not None:
+                        moved = e.item
+                        buf.append(moved)  # keeps a reference: clearing e.item is safe
+                        e.item = None
+                        self._x = t
+                        self.sends += 1
+                        n = _nbytes(moved)
+                        if n:
+                            self.bytes_sent += n
+                        break
+        elif self._nsend:
+            q = self._sendq
+            while True:
+                e = q.popleft()
+                if not e.linked:
+                    continue
+                e.linked = False
+                self._nsend -= 1
+                t = e._hand(None)
+                if t is not None:
+                    item = e.item
+                    e.item = None
+                    self._x = t
+                    self.sends += 1
+                    n = _nbytes(item)
+                    if n:
+                        self.bytes_sent += n
+                    break
+                if not self._nsend:
+                    return _CLOSED if self._closed else _EMPTY
+        elif self._closed:
+            return _CLOSED
+        else:
+            return _EMPTY
+        self.recvs += 1
+        self.last_op_ns = _now_ns()
+        n = _nbytes(item)
+        if n:
+            self.bytes_recv += n
+        return item
+
+    def _unlink(self, e: Any, sender: bool) -> None:
+        """Owner-side removal of a registration that was cancelled (O(1) + amortised sweep)."""
+        if not e.linked:
+            return
+        e.linked = False
+        if sender:
+            e.item = None  # the sender still holds its item: not the last reference
+            self._nsend -= 1
+            q, live = self._sendq, self._nsend
+        else:
+            self._nrecv -= 1
+            q, live = self._recvq, self._nrecv
+        if len(q) > 2 * live + 16:
+            for _ in range(len(q)):
+                x = q.popleft()
+                if x.linked:
+                    q.append(x)
+
+    def _register(self, e: Any, sender: bool) -> None:
+        e.linked = True
+        COUNTS[C_INTERNAL] += 1
+        if sender:
+            self._sendq.append(e)
+            self._nsend += 1
+        else:
+            self._recvq.append(e)
+            self._nrecv += 1
+
+    def _count_fail(self, why: int, sender: bool) -> None:
+        if why == WHY_TIMEOUT:
+            if sender:
+                self.send_timeout += 1
+            else:
+                self.recv_timeout += 1
+        elif why == WHY_CLOSED:
+            if sender:
+                self.send_closed += 1
+            else:
+                self.recv_closed += 1
+        elif sender:
+            self.send_cancelled += 1
+        else:
+            self.recv_cancelled += 1
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _report(self, items: list[Any] | tuple[Any, ...]) -> None:
+        """Give undelivered items to the handler (outside the lock), each exactly once."""
+        h = self._on_undelivered
+        if h is None or not items:
+            return
+        first: BaseException | None = None
+        for item in items:
+            try:
+                h(item)
+            except Exception as exc:
+                if first is None:
+                    first = exc
+        if first is not None:
+            raise UndeliveredElementError(
+                f"on_undelivered handler of channel {self.name!r} raised") from first
+
+    def _closed_error(self, sending: bool) -> ChannelClosed:
+        what = "send on" if sending else "receive from"
+        state = "cancelled" if self._cancelled else "closed"
+        exc = ChannelClosed(f"{what} {state} channel {self.name!r}", cause=self._cause)
+        if isinstance(self._cause, BaseException):
+            exc.__cause__ = self._cause
+        return exc
+
+    # -- one locked attempt, shared by every form ---------------------------------------------
+    def _send_attempt(self, item: Any, t: Ticket | None, cancel: Any,
+                      try_only: bool) -> tuple[int, Any]:
+        """Offer ``item``; if it must wait and ``t`` is given, register ``t`` (``_PARKED``)."""
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            st = self._put(item)
+            x = self._x
+            self._x = None
+            if st == _FULL:
+                if t is not None:
+                    if cancel is None or not cancel._cancelled:
+                        self._register(t, True)
+                        if cancel is not None:
+                            cancel._tickets.add(t)
+                        st = _PARKED
+                    else:
+                        self.send_cancelled += 1
+                        st = _TOKEN
+                elif try_only:
+                    self.send_would_block += 1
+            elif st == _REFUSED:
+                self.send_closed += 1
+            elif st == _DROPPED and try_only:
+                self.send_dropped += 1
+        finally:
+            _give(True)
+        return st, x
+
+    def _recv_attempt(self, t: Ticket | None, cancel: Any, try_only: bool) -> tuple[Any, Any]:
+        """Take an item; if there is none and ``t`` is given, register ``t`` (``_PARKED``)."""
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            item = self._get()
+            x = self._x
+            self._x = None
+            if item is _EMPTY:
+                if t is not None:
+                    if cancel is None or not cancel._cancelled:
+                        self._register(t, False)
+                        if cancel is not None:
+                            cancel._tickets.add(t)
+                        item = _PARKED_ITEM
+                    else:
+                        self.recv_cancelled += 1
+                        item = _TOKEN_ITEM
+                elif try_only:
+                    self.recv_would_block += 1
+            elif item is _CLOSED:
+                self.recv_closed += 1
+        finally:
+            _give(True)
+        return item, x
+
+    def _sent(self, st: int, x: Any, item: Any, cancel: Any) -> bool:
+        """Finish a send attempt that did not park: wake / report / raise.  True if accepted."""
+        if st == _OK:
+            if x is not None:
+                if type(x) is Ticket:
+                    x._wake()
+                else:
+                    self._report((x,))
+            return True
+        if st == _DROPPED:
+            self._drop_latest(item)
+            return True
+        if st == _REFUSED:
+            raise self._closed_error(True)
+        if st == _TOKEN:
+            raise OperationCancelled(f"send on {self.name!r} cancelled by its CancelToken",
+                                     reason=cancel._reason)
+        raise WouldBlock(f"channel {self.name!r} is full")
+
+    def _received(self, item: Any, x: Any, cancel: Any) -> Any:
+        if item is _CLOSED:
+            raise self._closed_error(False)
+        if item is _EMPTY:
+            raise WouldBlock(f"channel {self.name!r} is empty")
+        if item is _TOKEN_ITEM:
+            raise OperationCancelled(f"receive from {self.name!r} cancelled by its "
+                                     f"CancelToken", reason=cancel._reason)
+        if x is not None:
+            x._wake()
+        return item
+
+    def _precheck(self, timeout: float | None, cancel: Any, sender: bool) -> float | None:
+        if timeout is not None:
+            timeout = check_timeout(timeout)
+        if cancel is not None and cancel._cancelled:
+            self._count_token_fail(sender)
+            what = "send on" if sender else "receive from"
+            raise OperationCancelled(f"{what} {self.name!r} cancelled by its CancelToken",
+                                     reason=cancel._reason)
+        return timeout
+
+    # -- send --------------------------------------------------------------------------------
+    # -- the hot path: a kcoro task, no timeout, no token -------------------------------------
+    # Everything a ping-pong or a stream does per item is inlined here (each Python call costs
+    # ~150 ns on the reference machine).  Uncommon cases fall through to ``_send_slow`` /
+    # ``_recv_slow``, which implement every form with the shared helpers.
+    async def send(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
+        """Send ``item``; park while the channel is full (rendezvous: until a receiver takes it).
+
+        ``timeout``: None waits forever, 0 is a try (``WouldBlock``), > 0 is bounded
+        (``TimeoutError``).  ``cancel``: a :class:`CancelToken` (``OperationCancelled``).
+        """
+        rt = tls.rt
+        task = rt.current if rt is not None else None
+        if task is None or timeout is not None or cancel is not None:
+            await self._send_slow(item, timeout, cancel, task)
+            return
+        if task._scope._eff:
+            raise Cancelled()
+        t = None
+        x = None
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            if self._closed:
+                st = _REFUSED
+            elif self._nrecv:
+                e = self._recvq[0]
+                if e.linked and type(e) is Ticket and e._state < READY:
+                    # Direct hand-off to the first parked receiver.
+                    self._recvq.popleft()
+                    e.linked = False
+                    self._nrecv -= 1
+                    e._state = READY
+                    e.payload = item
+                    COUNTS[C_COMPLETED] += 1
+                    self.sends += 1
+                    self.recvs += 1
+                    self.last_op_ns = _now_ns()
+                    if type(item) in _SIZED_TYPES:
+                        n = _nbytes(item)
+                        self.bytes_sent += n
+                        self.bytes_recv += n
+                    x = e
+                    st = _OK
+                else:
+                    st = _SLOW
+            elif len(self._buf) < self._cap:
+                buf = self._buf
+                buf.append(item)
+                if len(buf) > self._peak:
+                    self._peak = len(buf)
+                self.sends += 1
+                self.last_op_ns = _now_ns()
+                if type(item) in _SIZED_TYPES:
+                    self.bytes_sent += _nbytes(item)
+                st = _OK
+            elif self._drop:
+                st = _SLOW
+            else:
+                # Park, reusing the task's ticket if its last wait ended by a hand-off.
+                t = task._tk
+                if t is not None and t._state == COMPLETED:
+                    t._state = PARKED
+                    t.item = item
+                    t.linked = True
+                    self._sendq.append(t)
+                    self._nsend += 1
+                    COUNTS[C_INTERNAL] += 1
+                    st = _PARKED
+                else:
+                    st = _SLOW
+        finally:
+            _give(True)
+        if st == _OK:
+            if x is not None:
+                w = x._waker
+                if type(w) is Task:  # inline Task.wake
+                    r = w._rt
+                    w._state = "READY"
+                    r._ready.append(w)
+                    if r._asleep:
+                        r._poke()
+                else:
+                    x._wake()
+            b = task._budget - 1
+            if b:
+                task._budget = b
+            else:
+                await trap(None)
+            return
+        if st == _PARKED:
+            task._on = self
+            await trap(t)
+            if t._state == READY:  # type: ignore[union-attr]
+                t._state = COMPLETED  # type: ignore[union-attr]
+                return
+            self._finish_wait(t, True, None)  # type: ignore[arg-type]
+            raise self._wait_error(t, task, True)  # type: ignore[arg-type]
+        if st == _REFUSED:
+            self._count(True, closed=True)
+            raise self._closed_error(True)
+        await self._send_slow(item, None, None, task)
+
+    async def recv(self, *, timeout: float | None = None, cancel: Any = None) -> T:
+        """Receive the next item; park while there is none.  ``ChannelClosed`` once closed and
+        drained.  ``timeout``/``cancel`` as for :meth:`send`."""
+        rt = tls.rt
+        task = rt.current if rt is not None else None
+        if task is None or timeout is not None or cancel is not None:
+            return await self._recv_slow(timeout, cancel, task)
+        if task._scope._eff:
+            raise Cancelled()
+        t = None
+        x = None
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            buf = self._buf
+            if self._nsend:
+                e = self._sendq[0]
+                if e.linked and type(e) is Ticket and e._state < READY:
+                    # Take from (rendezvous) or refill the buffer with (full buffer) the first
+                    # parked sender's item, completing its ticket.
+                    self._sendq.popleft()
+                    e.linked = False
+                    self._nsend -= 1
+                    e._state = READY
+                    COUNTS[C_COMPLETED] += 1
+                    moved = e.item
+                    if buf:
+                        item = buf.popleft()
+                        buf.append(moved)
+                    else:
+                        item = moved
+                    e.item = None  # ``moved`` is still referenced: not the last reference
+                    self.sends += 1
+                    self.recvs += 1
+                    self.last_op_ns = _now_ns()
+                    if type(moved) in _SIZED_TYPES:
+                        self.bytes_sent += _nbytes(moved)
+                    if type(item) in _SIZED_TYPES:
+                        self.bytes_recv += _nbytes(item)
+                    x = e
+                else:
+                    item = _SLOW_ITEM
+            elif buf:
+                item = buf.popleft()
+                self.recvs += 1
+                self.last_op_ns = _now_ns()
+                if type(item) in _SIZED_TYPES:
+                    self.bytes_recv += _nbytes(item)
+            elif self._closed:
+                item = _SLOW_ITEM
+            else:
+                t = task._tk
+                if t is not None and t._state == COMPLETED:
+                    t._state = PARKED
+                    t.linked = True
+                    self._recvq.append(t)
+                    self._nrecv += 1
+                    COUNTS[C_INTERNAL] += 1
+                    item = _PARKED_ITEM
+                else:
+                    item = _SLOW_ITEM
+        finally:
+            _give(True)
+        if item is _PARKED_ITEM:
+            task._on = self
+            await trap(t)
+            if t._state == READY:  # type: ignore[union-attr]
+                t._state = COMPLETED  # type: ignore[union-attr]
+                item = t.payload  # type: ignore[union-attr]
+                t.payload = None  # type: ignore[union-attr]
+                return item  # type: ignore[no-any-return]
+            self._finish_wait(t, False, None)  # type: ignore[arg-type]
+            raise self._wait_error(t, task, False)  # type: ignore[arg-type]
+        if item is _SLOW_ITEM:
+            return await self._recv_slow(None, None, task)
+        if x is not None:
+            w = x._waker
+            if type(w) is Task:  # inline Task.wake
+                r = w._rt
+                w._state = "READY"
+                r._ready.append(w)
+                if r._asleep:
+                    r._poke()
+            else:
+                x._wake()
+        b = task._budget - 1
+        if b:
+            task._budget = b
+        else:
+            await trap(None)
+        return item  # type: ignore[no-any-return]
+
+    async def _send_slow(self, item: T, timeout: float | None, cancel: Any,
+                         task: Task[Any] | None) -> None:
+        """Every form of async send (the inlined ``send`` handles the common native case)."""
+        if task is not None:
+            if task._scope._eff:
+                raise Cancelled()
+            ctx: Any = task
+        else:
+            ctx = context()
+        if timeout is not None or cancel is not None:
+            timeout = self._precheck(timeout, cancel, True)
+        # Fast path, inlined (the hot path of every pipeline): hand the item to a parked plain
+        # receiver, or append to a buffer with room.  Anything else goes through ``_put``.
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            x = None
+            if self._closed:
+                st = _REFUSED
+            elif self._nrecv:
+                e = self._recvq[0]
+                if e.linked and type(e) is Ticket and e._state < READY:
+                    self._recvq.popleft()
+                    e.linked = False
+                    self._nrecv -= 1
+                    e._state = READY
+                    e.payload = item
+                    COUNTS[C_COMPLETED] += 1
+                    self.sends += 1
+                    self.recvs += 1
+                    self.last_op_ns = _now_ns()
+                    if type(item) in _SIZED_TYPES:
+                        n = _nbytes(item)
+                        self.bytes_sent += n
+                        self.bytes_recv += n
+                    x = e
+                    st = _OK
+                else:
+                    st = self._put(item)
+                    x = self._x
+                    self._x = None
+            elif len(self._buf) < self._cap:
+                buf = self._buf
+                buf.append(item)
+                if len(buf) > self._peak:
+                    self._peak = len(buf)
+                self.sends += 1
+                self.last_op_ns = _now_ns()
+                if type(item) in _SIZED_TYPES:
+                    self.bytes_sent += _nbytes(item)
+                st = _OK
+            else:
+                st = self._put(item)
+                x = self._x
+                self._x = None
+        finally:
+            _give(True)
+        if st == _OK:
+            if x is not None:
+                if type(x) is Ticket:
+                    w = x._waker
+                    if type(w) is Task:  # inline Task.wake
+                        r = w._rt
+                        w._state = "READY"
+                        r._ready.append(w)
+                        if r._asleep:
+                            r._poke()
+                    else:
+                        x._wake()
+                else:
+                    self._report((x,))
+            if task is not None:
+                b = task._budget - 1
+                if b:
+                    task._budget = b
+                else:
+                    await trap(None)
+            return
+        if st != _FULL or timeout == 0:
+            if st == _FULL:
+                self._count(True)
+            elif st == _REFUSED:
+                self._count(True, closed=True)
+            self._sent(st, x, item, cancel)
+            return
+        # Slow path: park on a ticket (allocated outside the lock, then retry + register).
+        t = _fresh_ticket(task, ctx)
+        t.item = item
+        st, x = self._send_attempt(item, t, cancel, False)
+        if st != _PARKED:
+            t.item = None
+            self._sent(st, x, item, cancel)
+            return
+        if task is not None:
+            task._on = self
+            if timeout is None:
+                await trap(t)
+            else:
+                await park(t, ctx, timeout)
+        else:
+            await park(t, ctx, timeout)
+        if t._state == READY and cancel is None:
+            t._state = COMPLETED  # READY is only left by its waiter: no lock needed
+            return
+        self._finish_wait(t, True, cancel)
+        if t._state == CANCELLED:
+            raise self._wait_error(t, ctx, True)
+
+    def _count(self, sender: bool, closed: bool = False) -> None:
+        _klock.acquire()
+        try:
+            if closed:
+                if sender:
+                    self.send_closed += 1
+                else:
+                    self.recv_closed += 1
+            elif sender:
+                self.send_would_block += 1
+            else:
+                self.recv_would_block += 1
+        finally:
+            _klock.release()
+
+    def _drop_latest(self, item: Any) -> None:
+        _klock.acquire()
+        try:
+            self.sends += 1
+            self.undelivered += 1
+        finally:
+            _klock.release()
+        self._report((item,))
+
+    def _count_token_fail(self, sender: bool) -> None:
+        _klock.acquire()
+        try:
+            if sender:
+                self.send_cancelled += 1
+            else:
+                self.recv_cancelled += 1
+        finally:
+            _klock.release()
+
+    def _finish_wait(self, t: Ticket, sender: bool, cancel: Any) -> None:
+        """After a park: account for the outcome under the lock."""
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            if cancel is not None:
+                cancel._tickets.discard(t)
+            if t._state == CANCELLED:
+                self._unlink(t, sender)
+                self._count_fail(t._why, sender)
+            else:
+                t._state = COMPLETED
+        finally:
+            _give(True)
+
+    def _wait_error(self, t: Ticket, ctx: Any, sender: bool) -> BaseException:
+        if t._why == WHY_CLOSED:
+            return self._closed_error(sender)
+        what = f"{'send on' if sender else 'receive from'} channel {self.name!r}"
+        return error_for(t, ctx, what)
+
+    def try_send(self, item: T) -> bool:
+        """Send without waiting.  ``WouldBlock`` if full, ``ChannelClosed`` if closed.
+
+        Returns True if the item was accepted; False only for DROP_LATEST when the buffer is full
+        (the item is dropped and not reported: the caller still owns it).
+        """
+        st, x = self._send_attempt(item, None, None, True)
+        if st == _DROPPED:
+            return False
+        return self._sent(st, x, item, None)
+
+    def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
+        """``send`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+        check_blocking_allowed("Channel.send_blocking()")
+        timeout = self._precheck(timeout, cancel, True)
+        if timeout == 0:
+            st, x = self._send_attempt(item, None, None, True)
+            if st == _DROPPED:
+                _klock.acquire()
+                try:
+                    self.send_dropped -= 1  # counted by the attempt; reported like send()
+                finally:
+                    _klock.release()
+            self._sent(st, x, item, cancel)
+            return
+        t = internal_ticket(thread_waker())
+        t.item = item
+        st, x = self._send_attempt(item, t, cancel, False)
+        if st != _PARKED:
+            t.item = None
+            self._sent(st, x, item, cancel)
+            return
+        park_blocking(t, timeout)
+        self._finish_wait(t, True, cancel)
+        if t._state == CANCELLED:
+            raise self._wait_error(t, None, True)
+
+    # -- recv --------------------------------------------------------------------------------
+    async def _recv_slow(self, timeout: float | None, cancel: Any, task: Task[Any] | None) -> T:
+        """Every form of async receive (the inlined ``recv`` handles the common native case)."""
+        if task is not None:
+            if task._scope._eff:
+                raise Cancelled()
+            ctx: Any = task
+        else:
+            ctx = context()
+        if timeout is not None or cancel is not None:
+            timeout = self._precheck(timeout, cancel, False)
+        # Fast path, inlined: take the head of the buffer when no sender is parked.
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            buf = self._buf
+            if buf and not self._nsend:
+                item = buf.popleft()
+                self.recvs += 1
+                self.last_op_ns = _now_ns()
+                if type(item) in _SIZED_TYPES:
+                    self.bytes_recv += _nbytes(item)
+                x = None
+            else:
+                item = self._get()
+                x = self._x
+                self._x = None
+        finally:
+            _give(True)
+        if item is not _EMPTY and item is not _CLOSED:
+            if x is not None:
+                w = x._waker
+                if type(w) is Task:  # inline Task.wake
+                    r = w._rt
+                    w._state = "READY"
+                    r._ready.append(w)
+                    if r._asleep:
+                        r._poke()
+                else:
+                    x._wake()
+            if task is not None:
+                b = task._budget - 1
+                if b:
+                    task._budget = b
+                else:
+                    await trap(None)
+            return item  # type: ignore[no-any-return]
+        if item is _CLOSED or timeout == 0:
+            self._count(False, closed=item is _CLOSED)
+            return self._received(item, x, cancel)  # type: ignore[no-any-return]
+        t = _fresh_ticket(task, ctx)
+        item, x = self._recv_attempt(t, cancel, False)
+        if item is not _PARKED_ITEM:
+            return self._received(item, x, cancel)  # type: ignore[no-any-return]
+        if task is not None:
+            task._on = self
+            if timeout is None:
+                await trap(t)
+            else:
+                await park(t, ctx, timeout)
+        else:
+            await park(t, ctx, timeout)
+        if t._state == READY and cancel is None:
+            t._state = COMPLETED  # READY is only left by its waiter: no lock needed
+            return t.payload  # type: ignore[no-any-return]
+        self._finish_wait(t, False, cancel)
+        if t._state == CANCELLED:
+            raise self._wait_error(t, ctx, False)
+        item = t.payload
+        t.payload = None
+        return item  # type: ignore[no-any-return]
+
+    def try_recv(self) -> T:
+        """Receive without waiting: ``WouldBlock`` if empty, ``ChannelClosed`` if closed and
+        drained."""
+        item, x = self._recv_attempt(None, None, True)
+        return self._received(item, x, None)  # type: ignore[no-any-return]
+
+    def recv_blocking(self, *, timeout: float | None = None, cancel: Any = None) -> T:
+        """``recv`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+        check_blocking_allowed("Channel.recv_blocking()")
+        timeout = self._precheck(timeout, cancel, False)
+        if timeout == 0:
+            return self.try_recv()
+        t = internal_ticket(thread_waker())
+        item, x = self._recv_attempt(t, cancel, False)
+        if item is not _PARKED_ITEM:
+            return self._received(item, x, cancel)  # type: ignore[no-any-return]
+        park_blocking(t, timeout)
+        self._finish_wait(t, False, cancel)
+        if t._state == CANCELLED:
+            raise self._wait_error(t, None, False)
+        return t.payload  # type: ignore[no-any-return]
+
+    def iter_blocking(self, *, timeout: float | None = None) -> Iterator[T]:
+        """Iterate with ``recv_blocking`` until the channel is closed and drained."""
+        while True:
+            try:
+                yield self.recv_blocking(timeout=timeout)
+            except ChannelClosed:
+                return
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.recv()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+    # -- close / cancel ----------------------------------------------------------------------
+    def _fail_all(self, sender: bool, woken: list[Ticket]) -> None:
+        q = self._sendq if sender else self._recvq
+        while q:
+            e = q.popleft()
+            if not e.linked:
+                continue
+            e.linked = False
+            t = e._fail(WHY_CLOSED, None)
+            if t is not None:
+                woken.append(t)
+        if sender:
+            self._nsend = 0
+        else:
+            self._nrecv = 0
+
+    def close(self) -> bool:
+        """No more sends.  Buffered items still drain; parked senders get ChannelClosed (they
+        keep their items); parked receivers get it once the buffer is empty.  True only for the
+        call that closed the channel."""
+        woken: list[Ticket] = []
+        _klock.acquire()
+        try:
+            if self._closed:
+                return False
+            self._closed = True
+            self._fail_all(True, woken)
+            if not self._buf:
+                self._fail_all(False, woken)
+        finally:
+            _klock.release()
+        for t in woken:
+            t._wake()
+        return True
+
+    def cancel(self, cause: Any = None) -> None:
+        """Close and discard: every buffered item goes to ``on_undelivered`` (exactly once) and
+        every waiter fails with ChannelClosed.  A later ``close()`` returns False."""
+        woken: list[Ticket] = []
+        dropped: list[Any] = []
+        _klock.acquire()
+        try:
+            if self._cancelled:
+                return
+            self._closed = True
+            self._cancelled = True
+            self._cause = cause
+            dropped.extend(self._buf)
+            self._buf.clear()  # ``dropped`` still references every item
+            self.undelivered += len(dropped)
+            self._fail_all(True, woken)
+            self._fail_all(False, woken)
+        finally:
+            _klock.release()
+        for t in woken:
+            t._wake()
+        self._report(dropped)
+
+    # -- introspection -----------------------------------------------------------------------
+    def stats(self) -> ChannelStats:
+        """A frozen snapshot of every counter (see :class:`ChannelStats`)."""
+        _klock.acquire()
+        try:
+            vals = [getattr(self, k) for k in _COUNTERS]
+            buffered = len(self._buf)
+            peak, ns, nr = self._peak, self._nsend, self._nrecv
+            closed = self._closed
+            first, last = self.first_op_ns, self.last_op_ns
+        finally:
+            _klock.release()
+        kw: dict[str, Any] = dict(zip(_COUNTERS, vals))
+        return ChannelStats(
+            name=self.name, kind=self._kind, capacity=self.capacity, buffered=buffered,
+            peak=peak, waiting_senders=ns, waiting_receivers=nr, closed_for_send=closed,
+            closed_for_recv=closed and buffered == 0, first_op_ns=first, last_op_ns=last,
+            snapshot_ns=_now_ns(), **kw)
+
+    def zstats(self) -> dict[str, int]:
+        """Zero-copy counters: zref_sent, zref_received, fallback_small, fallback_capacity,
+        canceled, aborted_close."""
+        s = self.stats()
+        return {"zref_sent": s.zref_sent, "zref_received": s.zref_received,
+                "fallback_small": s.zref_fallback_small,
+                "fallback_capacity": s.zref_fallback_capacity,
+                "canceled": s.zref_canceled, "aborted_close": s.zref_aborted_close}
+
+    def check_invariants(self) -> None:
+        _klock.acquire()
+        try:
+            buf, cap = self._buf, self._cap
+            lr = sum(1 for e in self._recvq if e.linked)
+            ls = sum(1 for e in self._sendq if e.linked)
+            assert len(buf) <= cap, f"{self!r}: {len(buf)} buffered > capacity {cap}"
+            assert lr == self._nrecv, f"{self!r}: nrecv {self._nrecv} != linked {lr}"
+            assert ls == self._nsend, f"{self!r}: nsend {self._nsend} != linked {ls}"
+            assert not (lr and buf), f"{self!r}: receivers wait while items are buffered"
+            assert not (ls and (len(buf) < cap or self._closed)), \
+                f"{self!r}: senders wait with room in the buffer or after close"
+            assert not (lr and ls), f"{self!r}: senders and receivers both waiting"
+            if self._closed and not buf:
+                assert lr == 0 and ls == 0, f"{self!r}: waiters left after close"
+            if self._cancelled:
+                assert self._closed and not buf
+            for q, live in ((self._recvq, lr), (self._sendq, ls)):
+                assert len(q) <= 2 * live + 16, f"{self!r}: wait queue not swept"
+        finally:
+            _klock.release()
+
+    def __repr__(self) -> str:
+        cap = "inf" if self._cap == _UNBOUNDED else str(self._cap)
+        state = " cancelled" if self._cancelled else " closed" if self._closed else ""
+        return (f"<Channel {self.name!r} {self._kind} {len(self._buf)}/{cap}"
+                f" senders={self._nsend} receivers={self._nrecv}{state}>")
+
+
+def _noop(ch: Channel[Any]) -> None:
+    pass
+
+
+# The metrics registry replaces this to learn about every new channel.
+_on_new_channel: Callable[[Channel[Any]], None] = _noop
+
+
+def set_channel_hook(fn: Callable[[Channel[Any]], None] | None) -> None:
+    global _on_new_channel
+    _on_new_channel = fn if fn is not None else _noop
+
+
+_ = (READY, WHY_TOKEN, Task, _get_running_loop)
