@@ -57,7 +57,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
-from . import _klock
+from . import _klock, _registry
 from ._context import tls
 from ._errors import (
     Cancelled,
@@ -1307,17 +1307,8 @@ class Channel(Generic[T]):
                 f" senders={self._nsend} receivers={self._nrecv}{state}>")
 
 
-def _noop(ch: Channel[Any]) -> None:
-    pass
-
-
-# The metrics registry replaces this to learn about every new channel.
-_on_new_channel: Callable[[Channel[Any]], None] = _noop
-
-
-def set_channel_hook(fn: Callable[[Channel[Any]], None] | None) -> None:
-    global _on_new_channel
-    _on_new_channel = fn if fn is not None else _noop
+# Every new channel is registered (weakly) for kcoro.metrics.
+_on_new_channel: Callable[[Channel[Any]], None] = _registry.channels.add
 
 
 _ = (READY, WHY_TOKEN, Task, _get_running_loop)

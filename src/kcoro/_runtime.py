@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _klock
+from . import _klock, _registry
 from ._context import tls
 from ._errors import Cancelled
 from ._timers import TimerEntry, Timers
@@ -256,6 +256,7 @@ class Runtime:
         self._asleep = False
         self._idle: list[Ticket] = []
         self._tid = _get_ident()
+        self.thread_name = threading.current_thread().name
         self._main: Task[Any] | None = None
         self._main_done = False
         self._fatal: BaseException | None = None
@@ -266,6 +267,7 @@ class Runtime:
         attach = getattr(clock, "_attach", None)
         if attach is not None:
             attach(self)
+        _registry.runtimes.add(self)
 
     # -- cross-thread entry points ----------------------------------------------------------
     def _poke(self) -> None:
@@ -502,6 +504,7 @@ class Runtime:
 
     def close(self) -> None:
         self._closed = True
+        _registry.runtimes.discard(self)
         try:
             self._sel.close()
         finally:
