@@ -39,6 +39,7 @@ from ._runtime import (
     wait_writable,
 )
 from ._scopes import CancelScope, CancelToken, fail_after, move_on_after
+from ._select import RecvClause, SendClause, select, select_blocking
 from ._taskgroup import TaskGroup
 from ._tokens import Ticket, TokenKernel, TokenKernelStats, token_kernel
 
@@ -61,6 +62,8 @@ __all__ = [
     "KcoroError",
     "OperationCancelled",
     "Overflow",
+    "RecvClause",
+    "SendClause",
     "Task",
     "TaskGroup",
     "Ticket",
@@ -74,6 +77,8 @@ __all__ = [
     "fail_after",
     "move_on_after",
     "run",
+    "select",
+    "select_blocking",
     "sleep",
     "spawn",
     "stats_rate",

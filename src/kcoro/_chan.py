@@ -55,7 +55,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _klock, _registry
 from ._context import tls
@@ -91,6 +91,9 @@ from ._wait import (
     waker_for,
 )
 from ._wakers import thread_waker
+
+if TYPE_CHECKING:
+    from ._select import RecvClause, SendClause
 
 __all__ = [
     "CONFLATED",
@@ -1239,8 +1242,9 @@ class Channel(Generic[T]):
             self._closed = True
             self._cancelled = True
             self._cause = cause
-            dropped.extend(self._buf)
-            self._buf.clear()  # ``dropped`` still references every item
+            buf = self._buf
+            while buf:  # no iterator allocation inside the section
+                dropped.append(buf.popleft())
             self.undelivered += len(dropped)
             self._fail_all(True, woken)
             self._fail_all(False, woken)
@@ -1249,6 +1253,19 @@ class Channel(Generic[T]):
         for t in woken:
             t._wake()
         self._report(dropped)
+
+    # -- select clauses ----------------------------------------------------------------------
+    def on_recv(self) -> RecvClause:
+        """A select clause receiving from this channel."""
+        from ._select import RecvClause
+
+        return RecvClause(self)
+
+    def on_send(self, item: T) -> SendClause:
+        """A select clause sending ``item`` on this channel."""
+        from ._select import SendClause
+
+        return SendClause(self, item)
 
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> ChannelStats:
@@ -1290,7 +1307,10 @@ class Channel(Generic[T]):
             assert not (lr and buf), f"{self!r}: receivers wait while items are buffered"
             assert not (ls and (len(buf) < cap or self._closed)), \
                 f"{self!r}: senders wait with room in the buffer or after close"
-            assert not (lr and ls), f"{self!r}: senders and receivers both waiting"
+            if lr and ls:  # only one select's own send and receive entries may both wait
+                sels = {getattr(e, "sel", e) for q in (self._recvq, self._sendq)
+                        for e in q if e.linked and getattr(e, "_state", 0) < READY}
+                assert len(sels) <= 1, f"{self!r}: senders and receivers both waiting"
             if self._closed and not buf:
                 assert lr == 0 and ls == 0, f"{self!r}: waiters left after close"
             if self._cancelled:
