@@ -474,3 +474,75 @@ def test_received_items_are_not_referenced_by_the_channel(kind: str) -> None:
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
 
+
+
+# -- 4. rendezvous pairing in every mix of plain op and select ------------------------------------
+FORMS = ["plain", "select1", "select2"]
+
+
+async def _send_form(form: str, ch: kcoro.Channel[Any], item: Any) -> None:
+    if form == "plain":
+        await ch.send(item)
+    elif form == "select1":
+        assert await kcoro.select(ch.on_send(item)) == (0, None)
+    else:  # the other clause never fires: nobody receives from ``idle``
+        idle: kcoro.Channel[Any] = kcoro.Channel()
+        assert await kcoro.select(idle.on_send("never"), ch.on_send(item)) == (1, None)
+        assert idle.stats().waiting_senders == 0
+
+
+async def _recv_form(form: str, ch: kcoro.Channel[Any]) -> Any:
+    if form == "plain":
+        return await ch.recv()
+    if form == "select1":
+        i, v = await kcoro.select(ch.on_recv())
+        assert i == 0
+        return v
+    idle: kcoro.Channel[Any] = kcoro.Channel()
+    i, v = await kcoro.select(idle.on_recv(), ch.on_recv())
+    assert i == 1
+    assert idle.stats().waiting_receivers == 0
+    return v
+
+
+@pytest.mark.parametrize("send_form", FORMS)
+@pytest.mark.parametrize("recv_form", FORMS)
+@pytest.mark.parametrize("first", ["sender", "receiver"])
+def test_rendezvous_pairing_plain_and_select_mixes(send_form: str, recv_form: str,
+                                                   first: str) -> None:
+    async def main() -> None:
+        ch: kcoro.Channel[Any] = kcoro.Channel()
+        got: list[Any] = []
+
+        async def receiver() -> None:
+            got.append(await _recv_form(recv_form, ch))
+
+        async def sender_fn() -> None:
+            await _send_form(send_form, ch, "x")
+
+        if first == "sender":
+            a = kcoro.spawn(sender_fn)
+            await settle()
+            assert a.state == "PARKED"
+            assert ch.stats().waiting_senders == 1
+            b = kcoro.spawn(receiver)
+        else:
+            a = kcoro.spawn(receiver)
+            await settle()
+            assert a.state == "PARKED"
+            assert ch.stats().waiting_receivers == 1
+            b = kcoro.spawn(sender_fn)
+        await settle()
+        await a
+        await b
+        assert got == ["x"]
+        assert_both_idle(ch)
+        assert ch.stats().sends == ch.stats().recvs == 1
+
+    run(main)
+
+
+def assert_both_idle(ch: kcoro.Channel[Any]) -> None:
+    s = ch.stats()
+    assert (s.waiting_senders, s.waiting_receivers, s.buffered) == (0, 0, 0)
+    ch.check_invariants()
