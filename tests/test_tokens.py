@@ -294,7 +294,8 @@ def test_racing_completers_wake_a_blocked_waiter_exactly_once(kernel: kcoro.Toke
         barrier = threading.Barrier(4)
         results: list[tuple[int, bool]] = []
 
-        def racer(v: int, t: kcoro.Ticket = t, barrier: threading.Barrier = barrier) -> None:
+        def racer(v: int, t: kcoro.Ticket = t, barrier: threading.Barrier = barrier,
+                  results: list[tuple[int, bool]] = results) -> None:
             barrier.wait()
             results.append((v, kernel.complete(t, v)))
 
@@ -426,7 +427,8 @@ def test_lazy_init_is_thread_safe() -> None:
         barrier = threading.Barrier(n)
         got: list[kcoro.TokenKernel] = []
 
-        def racer() -> None:
+        def racer(barrier: threading.Barrier = barrier,
+                  got: list[kcoro.TokenKernel] = got) -> None:
             barrier.wait()
             got.append(kcoro.token_kernel())
 
