@@ -506,6 +506,58 @@ def test_sleep_validation(value: Any, exc: type[Exception]) -> None:
     kcoro.run(main)
 
 
+INF_BUG = ("BUG: a timer at +inf (sleep(math.inf), timeout=math.inf) crashes the real-clock "
+           "runtime with OverflowError in selector.select")
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=INF_BUG)
+def test_sleep_forever_with_real_clock_can_be_cancelled() -> None:
+    async def main() -> str:
+        me = kcoro.current_task()
+
+        def canceller() -> None:
+            wait_until(lambda: me.state == "PARKED")
+            me.cancel()
+
+        th = threading.Thread(target=canceller)
+        th.start()
+        try:
+            with kcoro.CancelScope() as s:
+                await kcoro.sleep(math.inf)
+        finally:
+            th.join(10)
+        return "cancelled" if s.cancelled_caught else "?"
+
+    async def outer() -> str:
+        t = kcoro.spawn(main)
+        try:
+            return await t
+        except kcoro.Cancelled:
+            return "cancelled"
+
+    assert kcoro.run(outer) == "cancelled"
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=INF_BUG)
+def test_infinite_op_timeout_with_real_clock_waits_for_the_item() -> None:
+    async def main() -> Any:
+        ch: kcoro.Channel[int] = kcoro.Channel()
+        me = kcoro.current_task()
+
+        def sender() -> None:
+            wait_until(lambda: me.state == "PARKED")
+            ch.send_blocking(1)
+
+        th = threading.Thread(target=sender)
+        th.start()
+        try:
+            return await ch.recv(timeout=math.inf)
+        finally:
+            th.join(10)
+
+    assert kcoro.run(main) == 1
+
+
 def test_sleep_with_real_clock_takes_real_time() -> None:
     async def main() -> float:
         t0 = kcoro.current_time()
