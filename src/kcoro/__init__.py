@@ -86,3 +86,10 @@ __all__ = [
     "wait_readable",
     "wait_writable",
 ]
+
+# KCORO_METRICS=1 serves this process's metrics to `kcoro top` from import on (kcoro.metrics is
+# imported only then; see docs/MONITOR.md).
+if __import__("os").environ.get("KCORO_METRICS", "") not in ("", "0"):
+    from .metrics._server import autoserve as _autoserve
+
+    _autoserve()

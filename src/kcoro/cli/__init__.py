@@ -13,10 +13,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kcoro", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
-    from . import bench, demo
+    from . import bench, demo, top
 
     demo.add_parser(sub)
     bench.add_parser(sub)
+    top.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
