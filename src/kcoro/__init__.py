@@ -27,6 +27,7 @@ from ._errors import (
     UndeliveredElementError,
     WouldBlock,
 )
+from ._payload import Arena, ArenaStats, Payload, PayloadReleased
 from ._runtime import (
     Task,
     checkpoint,
@@ -52,6 +53,8 @@ __all__ = [
     "RENDEZVOUS",
     "SUSPEND",
     "UNLIMITED",
+    "Arena",
+    "ArenaStats",
     "CancelScope",
     "CancelToken",
     "Cancelled",
@@ -62,6 +65,8 @@ __all__ = [
     "KcoroError",
     "OperationCancelled",
     "Overflow",
+    "Payload",
+    "PayloadReleased",
     "RecvClause",
     "SendClause",
     "Task",
