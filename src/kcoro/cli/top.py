@@ -231,6 +231,9 @@ def render_text(snap: Snapshot, book: RateBook, hello: dict[str, Any] | None = N
 
 
 def live(target: str, interval: float) -> int:
+    path = _client.resolve(target)
+    with _client.connect(path):  # attach errors are reported here, before any UI
+        pass
     try:
         from .top_app import TopApp
     except ImportError as exc:
@@ -238,7 +241,6 @@ def live(target: str, interval: float) -> int:
                     f"pip install 'kcoro[monitor]'; or use --once / --ndjson")
     if not (sys.stdout.isatty() and sys.stdin.isatty()):
         return _err("the live view needs a terminal; use --once [--json] or --ndjson")
-    path = _client.resolve(target)
     app = TopApp(path, refresh_s=min(interval, 0.5))
     app.run()
     if app.fatal:

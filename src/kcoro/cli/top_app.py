@@ -169,9 +169,9 @@ class TopApp(App[None]):
     async def _read_loop(self) -> None:
         try:
             conn = await _client.connect_async(self.path)
-        except _client.MonitorError as exc:
+        except Exception as exc:  # MonitorError, or a bug: shown, never a traceback
             self.state = f"cannot attach: {exc}"
-            self.fatal = str(exc)
+            self.fatal = str(exc) or type(exc).__name__
             self._dirty = True
             self._tick()
             return
@@ -185,10 +185,10 @@ class TopApp(App[None]):
                     self.feed(rec)
         except _client.TargetGone as exc:
             self.state = f"disconnected: {exc}"
-        except _client.MonitorError as exc:
-            self.state = f"error: {exc}"
         except asyncio.CancelledError:
             raise
+        except Exception as exc:  # garbage from the target, or a bug in the view
+            self.state = f"error: {exc}"
         finally:
             conn.close()
             self._dirty = True

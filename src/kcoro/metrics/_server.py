@@ -8,8 +8,8 @@ Emit rules (the C metrics pipe's ``emit_min_ops`` / ``emit_min_ms``, checked eve
 while at least one monitor is attached):
 
 * at least one channel operation since the last emit, and ``emit_min_ms`` elapsed; or
-* ``emit_min_ops`` channel operations since the last emit (checked at the next tick, so at most
-  one snapshot per tick); or
+* ``emit_min_ops`` items moved (received, or reported undelivered) since the last emit (checked
+  at the next tick, so at most one snapshot per tick); or
 * ``heartbeat_s`` elapsed (idle programs still show their tasks and stay visibly alive).
 
 Never blocks the program: everything runs in one daemon thread that sleeps in ``select`` and
@@ -83,7 +83,7 @@ class MetricsServer:
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = -1, -1
         self._last_emit = 0.0
-        self._last_ops = 0
+        self._last_ops = (0, 0)
         self._counters = {"samples": 0, "dropped": 0, "connections": 0, "bytes": 0,
                           "errors": 0, "ticks": 0}
 
@@ -185,8 +185,11 @@ class MetricsServer:
                 if self._clients and now >= next_tick:
                     next_tick = now + self.tick_ms / 1000
                     self._count("ticks")
-                    if self._due(now):
-                        self._emit(sel, now)
+                    try:
+                        if self._due(now):
+                            self._emit(sel, now)
+                    except Exception:  # never let a bug in here stop serving
+                        self._count("errors")
         finally:
             for c in list(self._clients.values()):
                 self._drop_client(sel, c)
@@ -200,19 +203,28 @@ class MetricsServer:
             os.close(self._wake_r)
             os.close(self._wake_w)
 
-    def _ops(self) -> int:
-        n = 0
+    def _ops(self) -> tuple[int, int]:
+        """(items received or undelivered, latest operation time) over every channel.
+
+        Unlocked reads of counters the channels keep anyway (see the module docstring); an
+        item counts once, when it is received or reported undelivered, and any operation at
+        all moves ``last_op_ns``."""
+        n = last = 0
         for ch in _registry.channels.items():
-            n += ch.sends + ch.recvs  # unlocked reads; see the module docstring
-        return n
+            n += getattr(ch, "recvs", 0) + getattr(ch, "undelivered", 0)
+            t = getattr(ch, "last_op_ns", 0)
+            if t > last:
+                last = t
+        return n, last
 
     def _due(self, now: float) -> bool:
         elapsed = now - self._last_emit
         if elapsed >= self.heartbeat_s:
             return True
-        d_ops = self._ops() - self._last_ops
-        if d_ops <= 0:
-            return False
+        ops, last = self._ops()
+        d_ops = ops - self._last_ops[0]
+        if d_ops <= 0 and last == self._last_ops[1]:
+            return False  # nothing happened since the last emit
         return d_ops >= self.emit_min_ops or elapsed * 1000 >= self.emit_min_ms
 
     def _accept(self, sel: selectors.BaseSelector) -> None:

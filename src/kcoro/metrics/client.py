@@ -190,7 +190,7 @@ class AsyncConnection:
         self.reader = reader
         self.writer = writer
         self.hello = hello
-        self.pid = int(hello["pid"])
+        self.pid = int(hello.get("pid", 0))
 
     async def _readline(self, first: bool = False) -> bytes:
         try:
