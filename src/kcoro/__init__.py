@@ -43,6 +43,7 @@ from ._scopes import CancelScope, CancelToken, fail_after, move_on_after
 from ._select import RecvClause, SendClause, select, select_blocking
 from ._taskgroup import TaskGroup
 from ._tokens import Ticket, TokenKernel, TokenKernelStats, token_kernel
+from ._zref import ZREF_MIN
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,7 @@ __all__ = [
     "RENDEZVOUS",
     "SUSPEND",
     "UNLIMITED",
+    "ZREF_MIN",
     "Arena",
     "ArenaStats",
     "CancelScope",

@@ -558,6 +558,8 @@ class Channel(Generic[T]):
         """Give undelivered items to the handler (outside the lock), each exactly once."""
         h = self._on_undelivered
         if h is None or not items:
+            if items:
+                _release_undelivered(self, items)
             return
         first: BaseException | None = None
         for item in items:
@@ -566,6 +568,7 @@ class Channel(Generic[T]):
             except Exception as exc:
                 if first is None:
                     first = exc
+        _release_undelivered(self, items)  # zero-copy payloads: after the handler saw them
         if first is not None:
             raise UndeliveredElementError(
                 f"on_undelivered handler of channel {self.name!r} raised") from first
@@ -1325,6 +1328,48 @@ class Channel(Generic[T]):
         state = " cancelled" if self._cancelled else " closed" if self._closed else ""
         return (f"<Channel {self.name!r} {self._kind} {len(self._buf)}/{cap}"
                 f" senders={self._nsend} receivers={self._nrecv}{state}>")
+
+    # -- zero-copy payloads (kcoro._zref: ownership, release and zstats rules) ----------------
+    async def send_zref(self, obj: Any, *, timeout: float | None = None,
+                        cancel: Any = None) -> None:
+        """Move a Payload reference (a foreign buffer is aliased, never freed by kcoro)."""
+        from ._zref import send_zref
+
+        await send_zref(self, obj, timeout, cancel)
+
+    async def recv_zref(self, *, timeout: float | None = None, cancel: Any = None) -> Any:
+        """Receive a Payload (the receiver owns its reference)."""
+        from ._zref import recv_zref
+
+        return await recv_zref(self, timeout, cancel)
+
+    def try_send_zref(self, obj: Any) -> bool:
+        from ._zref import try_send_zref
+
+        return try_send_zref(self, obj)
+
+    def try_recv_zref(self) -> Any:
+        from ._zref import try_recv_zref
+
+        return try_recv_zref(self)
+
+    def send_zref_blocking(self, obj: Any, *, timeout: float | None = None,
+                           cancel: Any = None) -> None:
+        from ._zref import send_zref_blocking
+
+        send_zref_blocking(self, obj, timeout, cancel)
+
+    def recv_zref_blocking(self, *, timeout: float | None = None, cancel: Any = None) -> Any:
+        from ._zref import recv_zref_blocking
+
+        return recv_zref_blocking(self, timeout, cancel)
+
+
+def _release_undelivered(ch: Channel[Any], items: list[Any] | tuple[Any, ...]) -> None:
+    """Undelivered zero-copy payloads are released exactly once (see kcoro._zref)."""
+    from ._zref import release_undelivered
+
+    release_undelivered(ch, items)
 
 
 # Every new channel is registered (weakly) for kcoro.metrics.
