@@ -681,3 +681,52 @@ def test_asyncio_receiver_fails_on_cancel(kind: str) -> None:
 
 
 
+
+
+# -- 65. results: "closed" is not confused with an item that is None or an exception ------------
+@all_kinds
+def test_none_and_exception_items_are_items_not_closed(kind: str) -> None:
+    async def main() -> None:
+        ch = make(kind)
+        exc_item = kcoro.ChannelClosed("I am an item")
+        items: list[Any] = [None, exc_item, StopAsyncIteration(), False]
+        got: list[Any] = []
+
+        async def consumer() -> None:
+            async for x in ch:
+                got.append(x)
+
+        c = kcoro.spawn(consumer)
+        await settle()
+        for x in items:
+            await ch.send(x)
+            await settle()  # the parked consumer takes each item (also when conflated)
+        ch.close()
+        await c
+        assert got == items
+        assert got[1] is exc_item
+        ch.check_invariants()
+
+    run(main)
+
+
+def test_exhausted_iterators_stay_exhausted() -> None:
+    async def main() -> None:
+        ch: kcoro.Channel[int] = kcoro.Channel(2)
+        await ch.send(1)
+        ch.close()
+        it = ch.__aiter__()
+        assert await it.__anext__() == 1
+        for _ in range(3):
+            with pytest.raises(StopAsyncIteration):
+                await it.__anext__()
+
+    run(main)
+    ch: kcoro.Channel[int] = kcoro.Channel(2)
+    ch.try_send(1)
+    ch.close()
+    it = ch.iter_blocking()
+    assert next(it) == 1
+    with pytest.raises(StopIteration):
+        next(it)
+    assert list(ch.iter_blocking()) == []
