@@ -200,9 +200,9 @@ def test_bad_timeout_in_asyncio_is_rejected() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a numeric str (or bytes) timeout such as '1' is "
+@pytest.mark.xfail(strict=True, reason="BUG: a numeric str (or bytes) timeout such as '0.01' is "
                                        "accepted through float() instead of raising TypeError")
-@pytest.mark.parametrize("bad", ["1", "0", b"1"])
+@pytest.mark.parametrize("bad", ["0.01", "0", b"0.01"], ids=["str", "str-zero", "bytes"])
 def test_string_timeout_is_a_type_error(bad: Any) -> None:
     ch: kcoro.Channel[Any] = kcoro.Channel(1)
     with pytest.raises(TypeError):
