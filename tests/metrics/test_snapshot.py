@@ -159,6 +159,17 @@ def test_arenas_and_token_kernel_are_in_the_snapshot() -> None:
         _registry.arenas.discard(arena)
 
 
+def test_real_arenas_are_in_the_snapshot_with_unique_names() -> None:
+    a, b = kcoro.Arena(1 << 16), kcoro.Arena(1 << 16)
+    p = a.alloc(1000)
+    recs = [r for r in snapshot().arenas if r.name.startswith("arena")]
+    assert len({r.name for r in recs}) == len(recs) >= 2  # both default to "arena"
+    mine = [r for r in recs if r.in_use > 0]
+    assert len(mine) == 1 and mine[0].capacity == 1 << 16 and mine[0].allocs == 1
+    p.release()
+    del a, b
+
+
 def test_json_round_trip_validates_against_the_schema() -> None:
     keep = [kcoro.Channel(kcoro.UNLIMITED, name="rt-unl"), kcoro.Channel(4, name="rt-buf")]
     keep[1].try_send(b"xyz")

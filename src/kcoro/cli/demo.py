@@ -17,10 +17,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("name", nargs="?", choices=(*DEMOS, "all"), default="all")
     p.add_argument("--items", type=int, default=20000, help="items through the pipeline demo")
     p.add_argument("--workers", type=int, default=4, help="workers in the pipeline demo")
+    p.add_argument("--watch", action="store_true",
+                   help="keep the pipeline running slowly with metrics served, to watch it with "
+                        "`kcoro top PID` (Ctrl-C stops)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "watch", False):
+        demo_pipeline_watch(args.workers)
+        return 0
     names = DEMOS if args.name == "all" else (args.name,)
     for i, name in enumerate(names):
         if len(names) > 1:
@@ -31,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
             demo_tokens()
         elif name == "pipeline":
             demo_pipeline(args.items, args.workers)
+    if args.name == "all":
+        print("\nWatch it live: run `kcoro demo pipeline --watch`, then `kcoro top PID` "
+              "in another terminal.")
     return 0
 
 
@@ -147,3 +156,51 @@ def demo_pipeline(items: int = 20000, workers: int = 4) -> None:
               f"{k.outstanding} outstanding")
 
     kcoro.run(main)
+
+
+def demo_pipeline_watch(workers: int = 4) -> None:
+    """The pipeline kept alive for ``kcoro top``: a producer whose rate swings between bursts
+    and lulls, workers that take a little time per item, metrics served until Ctrl-C."""
+    import math
+    import os
+
+    import kcoro.metrics
+
+    srv = kcoro.metrics.serve()
+    pid = os.getpid()
+    print(f"pipeline running with metrics served (pid {pid}, socket {srv.path})")
+    print(f"watch it:  kcoro top {pid}      (or: kcoro top {pid} --ndjson)   Ctrl-C stops",
+          flush=True)
+
+    async def main() -> None:
+        jobs: kcoro.Channel[bytes] = kcoro.Channel(64, name="jobs")
+        results: kcoro.Channel[int] = kcoro.Channel(64, name="results")
+
+        async def producer() -> None:
+            t0 = time.monotonic()
+            while True:
+                # 20 ms ticks; the burst size follows a 20 s wave so the sparklines move
+                burst = int(40 + 35 * math.sin((time.monotonic() - t0) / 20 * 2 * math.pi))
+                for _ in range(burst):
+                    await jobs.send(b"x" * 256)
+                await kcoro.sleep(0.02)
+
+        async def worker() -> None:
+            async for item in jobs:
+                await kcoro.sleep(0.002)  # "work": bursts outrun the workers, lulls drain
+                await results.send(len(item))
+
+        async def sink() -> None:
+            async for _ in results:
+                pass
+
+        async with kcoro.TaskGroup() as tg:
+            tg.spawn(producer, name="producer")
+            for i in range(workers):
+                tg.spawn(worker, name=f"worker-{i}")
+            tg.spawn(sink, name="sink")
+
+    try:
+        kcoro.run(main)
+    finally:
+        kcoro.metrics.stop()

@@ -249,12 +249,18 @@ def snapshot() -> Snapshot:
     stats = tuple(c.stats() for c in chans)
     ids = tuple(id(c) for c in chans)
     tokens = token_kernel().stats()
-    arenas = []
+    arenas: list[ArenaRecord] = []
+    arena_ids: list[int] = []
     for a in _registry.arenas.items():
         try:
             arenas.append(_arena_record(a))
+            arena_ids.append(id(a))
         except Exception:  # an arena being torn down: leave it out of this snapshot
             continue
+    names = [a.name for a in arenas]
+    arenas = [a if names.count(a.name) == 1 else
+              dataclasses.replace(a, name=f"{a.name}#{ident & 0xFFFFFF:06x}")
+              for a, ident in zip(arenas, arena_ids)]  # several arenas may share a name
     runtimes = tuple(_runtime_record(rt) for rt in _registry.runtimes.items())
     return Snapshot(pid=os.getpid(), time=time.time(), mono_ns=time.monotonic_ns(),
                     channels=stats, channel_ids=ids, tokens=tokens,
