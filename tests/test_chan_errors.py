@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import math
+import sys
 import threading
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 
 import kcoro
 from chan_helpers import Recorder, assert_failures, assert_stats, make, run, settle
+from kcoro.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -346,3 +348,58 @@ def test_undelivered_element_error_carries_the_handler_exception() -> None:
     assert_stats(ch, undelivered=3, buffered=0)
     ch.check_invariants()
 
+
+
+@pytest.mark.parametrize("capacity", [
+    2**30, 2**62, sys.maxsize - 1,
+    pytest.param(sys.maxsize, marks=pytest.mark.xfail(
+        strict=True, reason="BUG: Channel(sys.maxsize) is a buffered channel whose capacity "
+                            "reads math.inf (sys.maxsize is the internal UNLIMITED marker)")),
+    10**20,
+])
+def test_large_int_capacity_is_reported_exactly(capacity: int) -> None:
+    ch: kcoro.Channel[int] = kcoro.Channel(capacity)
+    assert ch.kind == "buffered"
+    assert ch.capacity == capacity
+    assert ch.stats().capacity == capacity
+    assert f"0/{capacity}" in repr(ch)
+
+
+def test_infinite_timeout_waits_like_none() -> None:
+    """timeout=math.inf is a valid bounded-wait value that never expires (kcoro task on the real
+    clock, asyncio task, thread)."""
+
+    async def kcoro_main() -> None:
+        ch: kcoro.Channel[int] = kcoro.Channel()
+        r = kcoro.spawn(_recv_inf, ch)
+        await settle()
+        assert r.state == "PARKED"
+        await ch.send(1)
+        assert await r == 1
+
+    kcoro.run(kcoro_main)
+
+    async def aio_main() -> None:
+        ch: kcoro.Channel[int] = kcoro.Channel()
+        r = asyncio.ensure_future(ch.recv(timeout=math.inf))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not r.done()
+        await ch.send(2)
+        assert await r == 2
+
+    asyncio.run(aio_main())
+
+    ch: kcoro.Channel[int] = kcoro.Channel()
+    got: list[int] = []
+    th = threading.Thread(target=lambda: got.append(ch.recv_blocking(timeout=math.inf)))
+    th.start()
+    wait_until(lambda: ch.stats().waiting_receivers == 1)
+    ch.send_blocking(3)
+    th.join(timeout=10)
+    assert got == [3]
+    assert_failures(ch)
+
+
+async def _recv_inf(ch: kcoro.Channel[int]) -> int:
+    return await ch.recv(timeout=math.inf)

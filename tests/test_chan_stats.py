@@ -666,3 +666,28 @@ def test_len_and_capacity_match_stats() -> None:
                     break
 
     run(main)
+
+
+@all_kinds
+def test_asyncio_cancelled_waiter_is_counted_and_unlinked(kind: str) -> None:
+    async def main() -> None:
+        ch = make(kind)
+        r = asyncio.ensure_future(ch.recv())
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert ch.stats().waiting_receivers == 1
+        r.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await r
+        assert_stats(ch, waiting_receivers=0, recvs=0)
+        assert_failures(ch, recv_cancelled=1)
+        # No ghost receiver: the next item stays in the channel (or, rendezvous, finds nobody).
+        if kind == "rendezvous":
+            with pytest.raises(kcoro.WouldBlock):
+                ch.try_send(1)
+        else:
+            assert ch.try_send(1) is True
+            assert len(ch) == 1
+        ch.check_invariants()
+
+    asyncio.run(main())
