@@ -51,7 +51,7 @@ class Options:
 
     @property
     def rounds(self) -> int:
-        return self.repeat if self.repeat is not None else (1 if self.quick else 5)
+        return self.repeat if self.repeat is not None else (1 if self.quick else 3)
 
     @property
     def child_timeout(self) -> float:

@@ -28,7 +28,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--peers", type=_csv, metavar="NAME,...",
                    help="peers to include (default all; 'none' for kcoro and floors only)")
     p.add_argument("--repeat", type=int, metavar="N",
-                   help="rounds of alternating measurements (default 5, --quick 1)")
+                   help="rounds of alternating measurements (default 3, --quick 1)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every work size")
     p.add_argument("--timeout", type=float, help="seconds allowed per measurement")
     p.add_argument("--json", metavar="PATH", help="write the full results as JSON")
