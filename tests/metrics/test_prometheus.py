@@ -34,7 +34,12 @@ def test_exposition_has_channel_token_and_arena_series() -> None:
     arena = kcoro.Arena(1 << 16, name="prom-arena")
     p = arena.alloc(100)
     got = _samples(prometheus.exposition())
-    lab = (("channel", "prom-buf"), ("kind", "buffered"))
+    # two live channels share a name: one keeps it, the other is "prom-buf#2"
+    names = {dict(labels)["kind"]: dict(labels)["channel"] for name, labels in got
+             if name == "kcoro_channel_sends_total" and
+             dict(labels)["channel"].startswith("prom-buf")}
+    assert sorted(names.values()) == ["prom-buf", "prom-buf#2"]
+    lab = (("channel", names["buffered"]), ("kind", "buffered"))
     assert got[("kcoro_channel_sends_total", lab)] == 2
     assert got[("kcoro_channel_recvs_total", lab)] == 2
     assert got[("kcoro_channel_sent_bytes_total", lab)] == 5
@@ -44,7 +49,7 @@ def test_exposition_has_channel_token_and_arena_series() -> None:
     assert got[("kcoro_channel_depth", lab)] == 0
     assert got[("kcoro_channel_peak_depth", lab)] == 2
     assert got[("kcoro_channel_capacity", lab)] == 4
-    dup_lab = (("channel", "prom-buf#2"), ("kind", "unlimited"))
+    dup_lab = (("channel", names["unlimited"]), ("kind", "unlimited"))
     assert math.isinf(got[("kcoro_channel_capacity", dup_lab)])
     assert ("kcoro_tokens_outstanding", ()) in got
     assert ("kcoro_tokens_zombies_total", ()) in got
