@@ -517,3 +517,55 @@ def test_asyncio_op_that_completes_at_once_does_not_yield() -> None:
         assert log == ["other"]
 
     asyncio.run(main())
+
+
+# -- every "try" form completes against a parked partner ----------------------------------------
+@all_kinds
+@pytest.mark.parametrize("form", ["try_send", "send_timeout_0", "send_blocking_timeout_0"])
+def test_every_try_send_form_hands_to_a_parked_receiver(kind: str, form: str) -> None:
+    async def main() -> None:
+        ch = make(kind)
+        r = kcoro.spawn(ch.recv)
+        await settle()
+        if form == "try_send":
+            assert ch.try_send("x") is True
+        elif form == "send_timeout_0":
+            await ch.send("x", timeout=0)
+        else:
+            th = threading.Thread(target=ch.send_blocking, args=("x",), kwargs={"timeout": 0})
+            th.start()
+            th.join(timeout=10)
+        assert await r == "x"
+        assert_stats(ch, sends=1, recvs=1, buffered=0, waiting_receivers=0)
+        assert_failures(ch)
+        ch.check_invariants()
+
+    run(main)
+
+
+@bounded_kinds
+@pytest.mark.parametrize("form", ["try_recv", "recv_timeout_0", "recv_blocking_timeout_0"])
+def test_every_try_recv_form_takes_from_a_parked_sender(kind: str, form: str) -> None:
+    async def main() -> None:
+        ch = make(kind)
+        room = buffer_room(kind)
+        for i in range(room):
+            ch.try_send(i)
+        s = kcoro.spawn(ch.send, "parked")
+        await settle()
+        got: list[Any] = []
+        if form == "try_recv":
+            got.append(ch.try_recv())
+        elif form == "recv_timeout_0":
+            got.append(await ch.recv(timeout=0))
+        else:
+            th = threading.Thread(target=lambda: got.append(ch.recv_blocking(timeout=0)))
+            th.start()
+            th.join(timeout=10)
+        await s
+        got += [ch.try_recv() for _ in range(len(ch))]
+        assert got == [*range(room), "parked"]
+        assert_failures(ch)
+        ch.check_invariants()
+
+    run(main)
