@@ -98,6 +98,28 @@ def test_emit_rules_min_ops_min_interval_and_heartbeat(metrics_dir: str) -> None
         srv.stop()
 
 
+def test_subscribe_limits_how_often_a_monitor_gets_snapshots(metrics_dir: str) -> None:
+    ch: kcoro.Channel[int] = kcoro.Channel(1, name="srv-sub")
+    srv = MetricsServer(os.path.join(metrics_dir, "sub.sock"), emit_min_ops=1, emit_min_ms=1,
+                        tick_ms=5, heartbeat_s=0.005).start()
+    try:
+        with client.connect(srv.path) as fast, client.connect(srv.path) as slow:
+            slow.subscribe(0.2)
+            fast.read(timeout=10)
+            slow.read(timeout=10)
+            seen = [slow.read(timeout=10)["mono_ns"] for _ in range(3)]
+            assert all(b - a >= 0.2e9 - 5e6 / 2 for a, b in zip(seen, seen[1:])), seen
+            _ops(ch, 1)
+            # the other monitor kept getting every tick's snapshot meanwhile
+            n = 0
+            while fast.read(timeout=10)["mono_ns"] < seen[-1]:
+                n += 1
+            assert n >= 3
+            validate({"type": "subscribe", "schema": 1, "interval_s": 0.2})
+    finally:
+        srv.stop()
+
+
 def test_a_stuck_monitor_gets_dropped_samples_not_backpressure(metrics_dir: str) -> None:
     # Big snapshots (many long-named channels) fill the socket buffer of a monitor that never
     # reads; the program must keep running and the drops must be counted.

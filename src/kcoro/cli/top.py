@@ -121,6 +121,7 @@ def stream_ndjson(target: str, out: TextIO, *, interval: float = 0.5, count: int
     """Write ``hello``, then every ``interval`` the records of the latest snapshot, and at the
     end ``summary`` and ``end``."""
     conn = _client.connect(target, timeout)
+    conn.subscribe(interval)
     book = RateBook()
 
     def write(rec: dict[str, Any]) -> None:

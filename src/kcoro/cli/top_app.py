@@ -177,6 +177,7 @@ class TopApp(App[None]):
             return
         self._conn = conn
         self.hello = conn.hello
+        conn.subscribe(self.refresh_s)
         self.state = "live"
         try:
             while True:

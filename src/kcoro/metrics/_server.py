@@ -1,8 +1,9 @@
 """Push metrics to monitors in other processes over a Unix socket.
 
-Protocol (one direction, NDJSON; docs/MONITOR.md): on connect the server sends a ``hello``
-record, then a ``snapshot`` at once, then a ``snapshot`` whenever the emit rules say so.  What a
-client sends is read and ignored; closing the socket detaches.
+Protocol (NDJSON; docs/MONITOR.md): on connect the server sends a ``hello`` record, then a
+``snapshot`` at once, then a ``snapshot`` whenever the emit rules say so.  A client may send a
+``subscribe`` record (``{"type":"subscribe","schema":1,"interval_s":0.5}``) to get at most one
+snapshot per ``interval_s``; anything else it sends is ignored.  Closing the socket detaches.
 
 Emit rules (the C metrics pipe's ``emit_min_ops`` / ``emit_min_ms``, checked every ``tick_ms``
 while at least one monitor is attached):
@@ -55,6 +56,8 @@ class _Client:
     seq: int = 0
     dropped: int = 0
     last_sent: float = 0.0  # monotonic time of the last snapshot queued for it
+    interval: float = 0.0  # the monitor asked for at most one snapshot per this many seconds
+    inbuf: bytes = b""
 
 
 class MetricsServer:
@@ -267,15 +270,21 @@ class MetricsServer:
             return None
 
     def _emit(self, sel: selectors.BaseSelector, now: float) -> None:
+        tick = self.tick_ms / 1000
+        # A monitor gets at most one snapshot per tick (it may have had its on-connect one just
+        # now) and none sooner than the interval it subscribed to (half a tick of slack, since
+        # emits happen on ticks).
+        due = [c for c in self._clients.values()
+               if now - c.last_sent >= max(tick, c.interval - tick / 2)]
+        if not due:
+            return  # nobody wants one yet: do not even take it
         self._last_emit = now
         self._last_ops = self._ops()
         body = self._snapshot_body()
         if body is None:
             return
         self._count("samples")
-        for c in list(self._clients.values()):
-            if now - c.last_sent < self.tick_ms / 1000:
-                continue  # it got its on-connect snapshot less than a tick ago
+        for c in due:
             if c.pending:
                 c.dropped += 1
                 self._count("dropped")
@@ -309,8 +318,24 @@ class MetricsServer:
             if not data:  # the monitor went away
                 self._drop_client(sel, c)
                 return
+            self._requests(c, data)
         if ev & selectors.EVENT_WRITE and c.pending:
             self._write(sel, c, b"")
+
+    def _requests(self, c: _Client, data: bytes) -> None:
+        """Lines from a monitor: ``subscribe`` sets its interval; anything else is ignored."""
+        buf = c.inbuf + data
+        *lines, rest = buf.split(b"\n")
+        c.inbuf = rest if len(rest) <= 4096 else b""  # no line end: not ours, forget it
+        for line in lines:
+            try:
+                req = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(req, dict) and req.get("type") == "subscribe":
+                iv = req.get("interval_s")
+                if isinstance(iv, (int, float)) and not isinstance(iv, bool) and iv >= 0:
+                    c.interval = min(float(iv), 3600.0)
 
     def _drop_client(self, sel: selectors.BaseSelector, c: _Client) -> None:
         self._clients.pop(c.sock.fileno(), None)

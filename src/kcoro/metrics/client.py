@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from ._paths import UnsafeDirectory, pid_alive, runtime_dir, socket_path_for
-from .ndjson import SCHEMA_VERSION, SchemaError, validate
+from .ndjson import SCHEMA_VERSION, SchemaError, dumps, validate
 
 __all__ = ["AsyncConnection", "Connection", "MonitorError", "TargetGone", "connect",
            "connect_async", "resolve"]
@@ -65,6 +65,11 @@ def resolve(target: str | int) -> str:
     if not stat.S_ISSOCK(st.st_mode):
         raise MonitorError(f"{path} is not a Unix socket")
     return path
+
+
+def _subscribe_line(interval_s: float) -> bytes:
+    return (dumps({"type": "subscribe", "schema": SCHEMA_VERSION,
+                   "interval_s": float(interval_s)}) + "\n").encode()
 
 
 def _pid_of(path: str) -> int | None:
@@ -166,6 +171,13 @@ class Connection:
         """The next record (a ``snapshot``); :class:`TargetGone` at the end."""
         return parse_line(self._readline(timeout), self.path)
 
+    def subscribe(self, interval_s: float) -> None:
+        """Ask for at most one snapshot per ``interval_s`` (less work for both sides)."""
+        try:
+            self.sock.sendall(_subscribe_line(interval_s))
+        except OSError as exc:
+            raise TargetGone(f"connection to {self.path} lost: {exc.strerror or exc}") from None
+
     def close(self) -> None:
         self.sock.close()
 
@@ -213,6 +225,9 @@ class AsyncConnection:
 
     async def read(self) -> dict[str, Any]:
         return parse_line(await self._readline(), self.path)
+
+    def subscribe(self, interval_s: float) -> None:
+        self.writer.write(_subscribe_line(interval_s))
 
     def close(self) -> None:
         self.writer.close()

@@ -16,6 +16,7 @@ Record types (fields in :data:`RECORDS`; docs/MONITOR.md explains each):
 ``runtime``   one runtime and the state of each of its tasks
 ``summary``   the end of a stream: averages and peaks per channel (bench_chan_metrics' AVERAGE)
 ``end``       why a stream stopped (target exited, count reached ...)
+``subscribe`` sent by a monitor on the socket: at most one snapshot per ``interval_s``
 
 :func:`validate` checks a record against its type; :func:`json_schema` gives the same rules as a
 JSON Schema (draft 2020-12) document for other tools.
@@ -93,7 +94,6 @@ _TASK = Obj({"id": INT, "name": STR, "state": STR, "parked_on": _PARKED_ON})
 _RUNTIME = Obj({"thread": STR, "steps": INT, "polls": INT, "tasks": Arr(_TASK)})
 _HEAD = {"type": STR, "schema": INT}
 _SAMPLE = {**_HEAD, "pid": INT, "t": NUM}  # every per-sample record
-_SAMPLE_OPT = {"seq": INT, "interval_s": NUM}
 
 RECORDS: dict[str, Obj] = {
     "hello": Obj({**_HEAD, "pid": INT, "argv": Arr(STR), "python": STR, "kcoro": STR,
@@ -129,6 +129,7 @@ RECORDS: dict[str, Obj] = {
                         "zref_per_sample": Obj({"sent": NUM, "received": NUM,
                                                 "aborted_close": NUM})}))}),
     "end": Obj({**_HEAD, "pid": INT, "reason": STR}),
+    "subscribe": Obj({**_HEAD, "interval_s": NUM}),
 }
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
