@@ -572,15 +572,7 @@ def test_parked_senders_items_are_freed_once_their_tasks_end() -> None:
     assert [r() for r in refs] == [None] * 3
 
 
-_PINNED = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the item of a sender failed by close()/cancel() stays pinned by its ticket "
-           "(Ticket.item is not cleared in Channel._fail_all) while its task lives")
-
-
-@pytest.mark.parametrize("how", [pytest.param("close", marks=_PINNED),
-                                 pytest.param("cancel", marks=_PINNED),
-                                 "timeout"])
+@pytest.mark.parametrize("how", ["close", "cancel", "timeout"])
 def test_failed_parked_sender_does_not_leave_its_item_pinned(how: str) -> None:
     """Once a parked send has failed, nothing in kcoro references its item: a sender that drops
     it and carries on (here: sleeps) frees it, whatever ended the send."""

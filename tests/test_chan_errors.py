@@ -202,8 +202,6 @@ def test_bad_timeout_in_asyncio_is_rejected() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a numeric str (or bytes) timeout such as '0.01' is "
-                                       "accepted through float() instead of raising TypeError")
 @pytest.mark.parametrize("bad", ["0.01", "0", b"0.01"], ids=["str", "str-zero", "bytes"])
 def test_string_timeout_is_a_type_error(bad: Any) -> None:
     ch: kcoro.Channel[Any] = kcoro.Channel(1)
@@ -352,9 +350,7 @@ def test_undelivered_element_error_carries_the_handler_exception() -> None:
 
 @pytest.mark.parametrize("capacity", [
     2**30, 2**62, sys.maxsize - 1,
-    pytest.param(sys.maxsize, marks=pytest.mark.xfail(
-        strict=True, reason="BUG: Channel(sys.maxsize) is a buffered channel whose capacity "
-                            "reads math.inf (sys.maxsize is the internal UNLIMITED marker)")),
+    sys.maxsize,
     10**20,
 ])
 def test_large_int_capacity_is_reported_exactly(capacity: int) -> None:

@@ -194,14 +194,7 @@ def test_bytes_received_lag_sent_by_what_is_buffered() -> None:
     assert_stats(ch, bytes_sent=55, bytes_recv=3, sends=10, recvs=2, buffered=8)
 
 
-_DROP_LATEST_BYTES = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: send() on a full DROP_LATEST channel counts the item in sends but not its "
-           "bytes in bytes_sent")
-
-
-@pytest.mark.parametrize("overflow", [
-    "suspend", "drop_oldest", pytest.param("drop_latest", marks=_DROP_LATEST_BYTES)])
+@pytest.mark.parametrize("overflow", ["suspend", "drop_oldest", "drop_latest"])
 def test_bytes_sent_matches_sends_under_every_overflow_policy(overflow: str) -> None:
     """Every item counted in ``sends`` has its bytes counted in ``bytes_sent``."""
 
@@ -537,8 +530,6 @@ def test_op_times_with_try_ops() -> None:
     assert t1 <= s2.last_op_ns <= t2 <= s2.snapshot_ns
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the inlined fast paths of send/recv update "
-                                       "last_op_ns but never set first_op_ns")
 @all_kinds
 def test_op_times_with_async_ops(kind: str) -> None:
     # Bounds taken outside the runtime: a runtime may stamp operations with a per-step clock.

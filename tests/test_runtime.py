@@ -506,11 +506,8 @@ def test_sleep_validation(value: Any, exc: type[Exception]) -> None:
     kcoro.run(main)
 
 
-INF_BUG = ("BUG: a timer at +inf (sleep(math.inf), timeout=math.inf) crashes the real-clock "
-           "runtime with OverflowError in selector.select")
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=INF_BUG)
 def test_sleep_forever_with_real_clock_can_be_cancelled() -> None:
     async def main() -> str:
         me = kcoro.current_task()
@@ -538,7 +535,6 @@ def test_sleep_forever_with_real_clock_can_be_cancelled() -> None:
     assert kcoro.run(outer) == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=INF_BUG)
 def test_infinite_op_timeout_with_real_clock_waits_for_the_item() -> None:
     async def main() -> Any:
         ch: kcoro.Channel[int] = kcoro.Channel()
@@ -655,8 +651,6 @@ def test_wait_readable_on_socketpair() -> None:
         b.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: wait_all_tasks_blocked returns without polling fds, "
-                   "while a task whose fd is readable can still run")
 def test_wait_all_tasks_blocked_counts_fd_ready_tasks_as_runnable() -> None:
     a, b = socket.socketpair()
     try:

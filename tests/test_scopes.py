@@ -391,8 +391,6 @@ def test_every_op_in_a_cancelled_scope_does_nothing() -> None:
     run_mock(main)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: awaiting an already-finished Task is not a "
-                   "checkpoint: it returns the result inside a cancelled scope")
 def test_await_finished_task_in_cancelled_scope_raises_cancelled() -> None:
     async def main() -> None:
         async def child() -> int:

@@ -148,8 +148,6 @@ def test_outer_cancellation_while_body_runs_cancels_children_and_propagates() ->
     assert sorted(log) == ["a cancelled at 1", "b cancelled at 1"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: outer cancellation arriving while TaskGroup "
-                   "__aexit__ waits for children cancels them but does not raise Cancelled")
 def test_outer_cancellation_while_waiting_in_exit_propagates() -> None:
     log: list[str] = []
 

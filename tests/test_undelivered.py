@@ -248,12 +248,8 @@ class Item:
 
 @pytest.mark.parametrize("how", [
     "task",
-    pytest.param("close", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: close()/cancel() fail parked senders without clearing ticket.item; the sender "
-        "Task's cached ticket keeps the item alive"))),
-    pytest.param("cancel", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: close()/cancel() fail parked senders without clearing ticket.item; the sender "
-        "Task's cached ticket keeps the item alive"))),
+    "close",
+    "cancel",
 ])
 def test_failed_parked_sender_item_is_not_retained(how: str) -> None:
     # KX-J CancelledChannelLeakTest: nothing may keep a failed sender's element alive once the
@@ -282,8 +278,6 @@ def test_failed_parked_sender_item_is_not_retained(how: str) -> None:
     run(main)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a task's slow-path recv (first wait, or timeout=) "
-                   "leaves the received item in its cached ticket's payload")
 @pytest.mark.parametrize("kw", [{}, {"timeout": 5}], ids=["plain", "timeout"])
 def test_received_item_is_not_retained_by_the_receiving_task(kw: dict[str, Any]) -> None:
     async def main() -> None:

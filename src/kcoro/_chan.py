@@ -68,11 +68,8 @@ from ._errors import (
 )
 from ._runtime import Task, trap
 from ._tokens import (
-    C_COMPLETED,
-    C_INTERNAL,
     CANCELLED,
     COMPLETED,
-    COUNTS,
     PARKED,
     READY,
     WHY_CLOSED,
@@ -84,6 +81,7 @@ from ._tokens import (
 from ._wait import (
     check_blocking_allowed,
     check_timeout,
+    check_token,
     context,
     error_for,
     park,
@@ -220,6 +218,8 @@ _COUNTERS = tuple(
                                           "waiting_receivers", "first_op_ns", "last_op_ns",
                                           "snapshot_ns")
 )
+# The counters a channel stores (the others are derived in Channel.stats()).
+_STORED = tuple(k for k in _COUNTERS if k not in ("sends", "bytes_sent"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,14 +305,14 @@ def _fresh_ticket(task: Task[Any] | None, ctx: Any) -> Ticket:
 class Channel(Generic[T]):
     """A channel of items of type ``T``; see the module docstring for the algorithms."""
 
-    __slots__ = (  # state, then counters
+    __slots__ = (  # noqa: RUF023 - state, then counters
         "__weakref__", "_buf", "_cancelled", "_cap", "_cause", "_closed", "_drop", "_kind",
         "_name", "_nrecv", "_nsend", "_on_undelivered", "_origin", "_peak", "_recvq", "_sendq",
         "_x",
-        # counters
-        "bytes_recv", "bytes_sent", "first_op_ns", "last_op_ns", "recv_cancelled",
-        "recv_closed", "recv_timeout", "recv_would_block", "recvs", "send_cancelled",
-        "send_closed", "send_dropped", "send_timeout", "send_would_block", "sends",
+        # counters (sends and bytes_sent are derived: see stats())
+        "_buf_bytes", "_lost_bytes", "bytes_recv", "first_op_ns", "last_op_ns",
+        "recv_cancelled", "recv_closed", "recv_timeout", "recv_would_block", "recvs",
+        "send_cancelled", "send_closed", "send_dropped", "send_timeout", "send_would_block",
         "undelivered", "zref_aborted_close", "zref_canceled", "zref_fallback_capacity",
         "zref_fallback_small", "zref_received", "zref_sent",
     )
@@ -360,7 +360,7 @@ class Channel(Generic[T]):
         self._cause: Any = None
         self._x: Any = None  # scratch: ticket to wake / item dropped, read before unlock
         self._peak = 0
-        self.sends = self.recvs = self.bytes_sent = self.bytes_recv = 0
+        self.recvs = self.bytes_recv = self._buf_bytes = self._lost_bytes = 0
         self.send_would_block = self.send_timeout = self.send_closed = 0
         self.send_cancelled = self.send_dropped = 0
         self.recv_would_block = self.recv_timeout = self.recv_closed = self.recv_cancelled = 0
@@ -387,7 +387,7 @@ class Channel(Generic[T]):
     @property
     def capacity(self) -> float:
         """How many items the buffer holds (``math.inf`` for UNLIMITED, 1 for CONFLATED)."""
-        return UNLIMITED if self._cap == _UNBOUNDED else self._cap
+        return UNLIMITED if self._kind == "unlimited" else self._cap
 
     @property
     def overflow(self) -> Overflow:
@@ -405,7 +405,19 @@ class Channel(Generic[T]):
     def __len__(self) -> int:
         return len(self._buf)
 
+    @property
+    def sends(self) -> int:
+        """Accepted sends (unlocked read; ``stats()`` gives a consistent snapshot)."""
+        return self.recvs + len(self._buf) + self.undelivered
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes of accepted sends (unlocked read)."""
+        return self.bytes_recv + self._buf_bytes + self._lost_bytes
+
     # -- locked helpers (caller holds the kernel lock) ---------------------------------------
+    # Counting: ``sends`` and ``bytes_sent`` are derived in ``stats()`` (every accepted item is
+    # received, still buffered, or undelivered), so only the receive side counts items.
     def _put(self, item: Any) -> int:
         """Offer ``item`` now.  Sets ``self._x`` to a ticket to wake or an evicted item."""
         if self._closed:
@@ -421,37 +433,31 @@ class Channel(Generic[T]):
                 t = e._hand(item)
                 if t is not None:
                     self._x = t
-                    self.sends += 1
                     self.recvs += 1
-                    self.last_op_ns = now = _now_ns()
-                    if not self.first_op_ns:
-                        self.first_op_ns = now
-                    n = _nbytes(item)
-                    if n:
-                        self.bytes_sent += n
-                        self.bytes_recv += n
+                    self._stamp()
+                    if type(item) in _SIZED_TYPES:
+                        self.bytes_recv += _nbytes(item)
                     return _OK
         buf = self._buf
         if len(buf) < self._cap:
             buf.append(item)
-            n = len(buf)
-            if n > self._peak:
-                self._peak = n
+            if len(buf) > self._peak:
+                self._peak = len(buf)
         elif self._drop == 1:  # DROP_OLDEST (and conflated)
-            self._x = buf.popleft()
+            old = self._x = buf.popleft()
             buf.append(item)
             self.undelivered += 1
+            if type(old) in _SIZED_TYPES:
+                n = _nbytes(old)
+                self._buf_bytes -= n
+                self._lost_bytes += n
         elif self._drop == 2:  # DROP_LATEST
             return _DROPPED
         else:
             return _FULL
-        self.sends += 1
-        self.last_op_ns = now = _now_ns()
-        if not self.first_op_ns:
-            self.first_op_ns = now
-        n = _nbytes(item)
-        if n:
-            self.bytes_sent += n
+        self._stamp()
+        if type(item) in _SIZED_TYPES:
+            self._buf_bytes += _nbytes(item)
         return _OK
 
     def _get(self) -> Any:
@@ -459,6 +465,8 @@ class Channel(Generic[T]):
         buf = self._buf
         if buf:
             item = buf.popleft()
+            if type(item) in _SIZED_TYPES:
+                self._buf_bytes -= _nbytes(item)
             if self._nsend:
                 q = self._sendq
                 while self._nsend:
@@ -473,10 +481,8 @@ class Channel(Generic[T]):
                         buf.append(moved)  # keeps a reference: clearing e.item is safe
                         e.item = None
                         self._x = t
-                        self.sends += 1
-                        n = _nbytes(moved)
-                        if n:
-                            self.bytes_sent += n
+                        if type(moved) in _SIZED_TYPES:
+                            self._buf_bytes += _nbytes(moved)
                         break
         elif self._nsend:
             q = self._sendq
@@ -491,10 +497,6 @@ class Channel(Generic[T]):
                     item = e.item
                     e.item = None
                     self._x = t
-                    self.sends += 1
-                    n = _nbytes(item)
-                    if n:
-                        self.bytes_sent += n
                     break
                 if not self._nsend:
                     return _CLOSED if self._closed else _EMPTY
@@ -503,11 +505,21 @@ class Channel(Generic[T]):
         else:
             return _EMPTY
         self.recvs += 1
-        self.last_op_ns = _now_ns()
-        n = _nbytes(item)
-        if n:
-            self.bytes_recv += n
+        self._stamp()
+        if type(item) in _SIZED_TYPES:
+            self.bytes_recv += _nbytes(item)
         return item
+
+    def _count_dropped(self, item: Any) -> None:
+        """An accepted item dropped by DROP_LATEST (caller holds the lock)."""
+        self.undelivered += 1
+        if type(item) in _SIZED_TYPES:
+            self._lost_bytes += _nbytes(item)
+
+    def _stamp(self) -> None:
+        self.last_op_ns = now = _now_ns()
+        if not self.first_op_ns:
+            self.first_op_ns = now
 
     def _unlink(self, e: Any, sender: bool) -> None:
         """Owner-side removal of a registration that was cancelled (O(1) + amortised sweep)."""
@@ -515,21 +527,21 @@ class Channel(Generic[T]):
             return
         e.linked = False
         if sender:
-            e.item = None  # the sender still holds its item: not the last reference
             self._nsend -= 1
             q, live = self._sendq, self._nsend
         else:
             self._nrecv -= 1
             q, live = self._recvq, self._nrecv
         if len(q) > 2 * live + 16:
-            for _ in range(len(q)):
+            for _ in range(len(q)):  # a range iterator is not GC-tracked
                 x = q.popleft()
                 if x.linked:
                     q.append(x)
 
     def _register(self, e: Any, sender: bool) -> None:
         e.linked = True
-        COUNTS[C_INTERNAL] += 1
+        if not self.first_op_ns:
+            self._stamp()
         if sender:
             self._sendq.append(e)
             self._nsend += 1
@@ -581,10 +593,14 @@ class Channel(Generic[T]):
             exc.__cause__ = self._cause
         return exc
 
-    # -- one locked attempt, shared by every form ---------------------------------------------
+    # -- one locked attempt, shared by every form except the inlined fast paths ---------------
     def _send_attempt(self, item: Any, t: Ticket | None, cancel: Any,
-                      try_only: bool) -> tuple[int, Any]:
-        """Offer ``item``; if it must wait and ``t`` is given, register ``t`` (``_PARKED``)."""
+                      mode: int) -> tuple[int, Any]:
+        """Offer ``item``; if it must wait and ``t`` is given, register ``t`` (``_PARKED``).
+
+        ``mode``: 0 a waiting send, 1 a send with timeout=0, 2 ``try_send``.  Counts the failure
+        it reports (would-block for 1 and 2, closed, token; a DROP_LATEST drop is undelivered
+        for 0 and 1, and ``send_dropped`` for ``try_send``, which returns False instead)."""
         try:
             _take()
         except IndexError:
@@ -603,12 +619,15 @@ class Channel(Generic[T]):
                     else:
                         self.send_cancelled += 1
                         st = _TOKEN
-                elif try_only:
+                elif mode:
                     self.send_would_block += 1
             elif st == _REFUSED:
                 self.send_closed += 1
-            elif st == _DROPPED and try_only:
-                self.send_dropped += 1
+            elif st == _DROPPED:
+                if mode == 2:
+                    self.send_dropped += 1
+                else:
+                    self._count_dropped(item)
         finally:
             _give(True)
         return st, x
@@ -641,18 +660,18 @@ class Channel(Generic[T]):
             _give(True)
         return item, x
 
-    def _sent(self, st: int, x: Any, item: Any, cancel: Any) -> bool:
-        """Finish a send attempt that did not park: wake / report / raise.  True if accepted."""
+    def _sent(self, st: int, x: Any, item: Any, cancel: Any) -> None:
+        """Finish a send attempt that did not park: wake / report / raise."""
         if st == _OK:
             if x is not None:
                 if type(x) is Ticket:
                     x._wake()
                 else:
                     self._report((x,))
-            return True
+            return
         if st == _DROPPED:
-            self._drop_latest(item)
-            return True
+            self._report((item,))
+            return
         if st == _REFUSED:
             raise self._closed_error(True)
         if st == _TOKEN:
@@ -675,18 +694,55 @@ class Channel(Generic[T]):
     def _precheck(self, timeout: float | None, cancel: Any, sender: bool) -> float | None:
         if timeout is not None:
             timeout = check_timeout(timeout)
+        if cancel is not None:
+            check_token(cancel)
         if cancel is not None and cancel._cancelled:
-            self._count_token_fail(sender)
+            _klock.acquire()
+            try:
+                if sender:
+                    self.send_cancelled += 1
+                else:
+                    self.recv_cancelled += 1
+            finally:
+                _klock.release()
             what = "send on" if sender else "receive from"
             raise OperationCancelled(f"{what} {self.name!r} cancelled by its CancelToken",
                                      reason=cancel._reason)
         return timeout
 
+    def _finish_wait(self, t: Ticket, sender: bool, cancel: Any) -> Any:
+        """After a park: settle the outcome under the lock; return the received item (or
+        raise).  Clears the ticket's item/payload so a cached ticket keeps nothing alive."""
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            if cancel is not None:
+                cancel._tickets.discard(t)
+            st = t._state
+            if st == CANCELLED:
+                self._unlink(t, sender)
+                self._count_fail(t._why, sender)
+            else:
+                t._state = COMPLETED
+        finally:
+            _give(True)
+        t.item = None
+        item = t.payload
+        t.payload = None
+        return item
+
+    def _wait_error(self, t: Ticket, ctx: Any, sender: bool) -> BaseException:
+        if t._why == WHY_CLOSED:
+            return self._closed_error(sender)
+        what = f"{'send on' if sender else 'receive from'} channel {self.name!r}"
+        return error_for(t, ctx, what)
+
     # -- send --------------------------------------------------------------------------------
-    # -- the hot path: a kcoro task, no timeout, no token -------------------------------------
-    # Everything a ping-pong or a stream does per item is inlined here (each Python call costs
-    # ~150 ns on the reference machine).  Uncommon cases fall through to ``_send_slow`` /
-    # ``_recv_slow``, which implement every form with the shared helpers.
+    # The hot path is a kcoro task with no timeout and no token: everything a ping-pong or a
+    # stream does per item is inlined there (each Python call costs ~150 ns on the reference
+    # machine).  Every other case goes through ``_send_slow`` / ``_recv_slow``.
     async def send(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
         """Send ``item``; park while the channel is full (rendezvous: until a receiver takes it).
 
@@ -695,55 +751,44 @@ class Channel(Generic[T]):
         """
         rt = tls.rt
         task = rt.current if rt is not None else None
-        if task is None or timeout is not None or cancel is not None:
+        if task is None or timeout is not None or cancel is not None or task._scope._eff:
             await self._send_slow(item, timeout, cancel, task)
             return
-        if task._scope._eff:
-            raise Cancelled()
-        t = None
-        x = None
+        x = t = None
         try:
             _take()
         except IndexError:
             _contended()
         try:
-            if self._closed:
-                st = _REFUSED
-            elif self._nrecv:
+            if self._nrecv:  # (a closed channel has no parked receivers)
                 e = self._recvq[0]
-                if e.linked and type(e) is Ticket and e._state < READY:
-                    # Direct hand-off to the first parked receiver.
+                if type(e) is Ticket and e._state == PARKED and e.linked:
+                    # Direct hand-off to the first parked receiver: complete its ticket.
                     self._recvq.popleft()
                     e.linked = False
                     self._nrecv -= 1
                     e._state = READY
                     e.payload = item
-                    COUNTS[C_COMPLETED] += 1
-                    self.sends += 1
                     self.recvs += 1
-                    self.last_op_ns = _now_ns()
                     if type(item) in _SIZED_TYPES:
-                        n = _nbytes(item)
-                        self.bytes_sent += n
-                        self.bytes_recv += n
+                        self.bytes_recv += _nbytes(item)
                     x = e
                     st = _OK
                 else:
                     st = _SLOW
-            elif len(self._buf) < self._cap:
+            elif len(self._buf) < self._cap and not self._closed:
                 buf = self._buf
                 buf.append(item)
                 if len(buf) > self._peak:
                     self._peak = len(buf)
-                self.sends += 1
-                self.last_op_ns = _now_ns()
                 if type(item) in _SIZED_TYPES:
-                    self.bytes_sent += _nbytes(item)
+                    self._buf_bytes += _nbytes(item)
                 st = _OK
-            elif self._drop:
+            elif self._closed or self._drop:
                 st = _SLOW
             else:
-                # Park, reusing the task's ticket if its last wait ended by a hand-off.
+                # Park, reusing the task's ticket: its last wait ended by a hand-off
+                # (COMPLETED), so no queue, timer or token can still reference it.
                 t = task._tk
                 if t is not None and t._state == COMPLETED:
                     t._state = PARKED
@@ -751,10 +796,13 @@ class Channel(Generic[T]):
                     t.linked = True
                     self._sendq.append(t)
                     self._nsend += 1
-                    COUNTS[C_INTERNAL] += 1
                     st = _PARKED
                 else:
                     st = _SLOW
+            if st != _SLOW:
+                self.last_op_ns = rt.now_ns  # type: ignore[union-attr]  # coarse runtime clock
+                if not self.first_op_ns:
+                    self.first_op_ns = rt.now_ns  # type: ignore[union-attr]
         finally:
             _give(True)
         if st == _OK:
@@ -778,26 +826,85 @@ class Channel(Generic[T]):
             task._on = self
             await trap(t)
             if t._state == READY:  # type: ignore[union-attr]
-                t._state = COMPLETED  # type: ignore[union-attr]
+                t._state = COMPLETED  # type: ignore[union-attr]  # READY is left only by us
                 return
             self._finish_wait(t, True, None)  # type: ignore[arg-type]
             raise self._wait_error(t, task, True)  # type: ignore[arg-type]
-        if st == _REFUSED:
-            self._count(True, closed=True)
-            raise self._closed_error(True)
         await self._send_slow(item, None, None, task)
 
+    async def _send_slow(self, item: T, timeout: float | None, cancel: Any,
+                         task: Task[Any] | None) -> None:
+        """Every form of async send: asyncio, timeouts, tokens, closed, drop policies."""
+        if task is not None:
+            if task._scope._eff:
+                raise Cancelled()
+            ctx: Any = task
+        else:
+            ctx = context()
+        if timeout is not None or cancel is not None:
+            timeout = self._precheck(timeout, cancel, True)
+        st, x = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
+        if st == _FULL and timeout != 0:
+            # Park on a ticket allocated outside the lock, then retry + register.
+            t = _fresh_ticket(task, ctx)
+            t.item = item
+            st, x = self._send_attempt(item, t, cancel, 0)
+            if st == _PARKED:
+                if task is not None:
+                    task._on = self
+                await park(t, ctx, timeout)
+                self._finish_wait(t, True, cancel)
+                if t._state == CANCELLED:
+                    raise self._wait_error(t, ctx, True)
+                return
+            t.item = None
+        self._sent(st, x, item, cancel)
+        if task is not None:
+            b = task._budget - 1
+            if b:
+                task._budget = b
+            else:
+                await trap(None)
+
+    def try_send(self, item: T) -> bool:
+        """Send without waiting.  ``WouldBlock`` if full, ``ChannelClosed`` if closed.
+
+        Returns True if the item was accepted; False only for DROP_LATEST when the buffer is full
+        (the item is dropped and not reported: the caller still owns it).
+        """
+        st, x = self._send_attempt(item, None, None, 2)
+        if st == _DROPPED:
+            return False
+        self._sent(st, x, item, None)
+        return True
+
+    def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
+        """``send`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+        check_blocking_allowed("Channel.send_blocking()")
+        timeout = self._precheck(timeout, cancel, True)
+        st, x = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
+        if st == _FULL and timeout != 0:
+            t = internal_ticket(thread_waker())
+            t.item = item
+            st, x = self._send_attempt(item, t, cancel, 0)
+            if st == _PARKED:
+                park_blocking(t, timeout)
+                self._finish_wait(t, True, cancel)
+                if t._state == CANCELLED:
+                    raise self._wait_error(t, None, True)
+                return
+            t.item = None
+        self._sent(st, x, item, cancel)
+
+    # -- recv --------------------------------------------------------------------------------
     async def recv(self, *, timeout: float | None = None, cancel: Any = None) -> T:
         """Receive the next item; park while there is none.  ``ChannelClosed`` once closed and
         drained.  ``timeout``/``cancel`` as for :meth:`send`."""
         rt = tls.rt
         task = rt.current if rt is not None else None
-        if task is None or timeout is not None or cancel is not None:
+        if task is None or timeout is not None or cancel is not None or task._scope._eff:
             return await self._recv_slow(timeout, cancel, task)
-        if task._scope._eff:
-            raise Cancelled()
-        t = None
-        x = None
+        x = t = None
         try:
             _take()
         except IndexError:
@@ -806,26 +913,25 @@ class Channel(Generic[T]):
             buf = self._buf
             if self._nsend:
                 e = self._sendq[0]
-                if e.linked and type(e) is Ticket and e._state < READY:
-                    # Take from (rendezvous) or refill the buffer with (full buffer) the first
-                    # parked sender's item, completing its ticket.
+                if type(e) is Ticket and e._state == PARKED and e.linked:
+                    # Take from the first parked sender (rendezvous), or refill the full
+                    # buffer with its item; complete its ticket.
                     self._sendq.popleft()
                     e.linked = False
                     self._nsend -= 1
                     e._state = READY
-                    COUNTS[C_COMPLETED] += 1
                     moved = e.item
+                    e.item = None  # ``moved`` still references it: not the last reference
                     if buf:
                         item = buf.popleft()
                         buf.append(moved)
+                        if type(item) in _SIZED_TYPES:
+                            self._buf_bytes -= _nbytes(item)
+                        if type(moved) in _SIZED_TYPES:
+                            self._buf_bytes += _nbytes(moved)
                     else:
                         item = moved
-                    e.item = None  # ``moved`` is still referenced: not the last reference
-                    self.sends += 1
                     self.recvs += 1
-                    self.last_op_ns = _now_ns()
-                    if type(moved) in _SIZED_TYPES:
-                        self.bytes_sent += _nbytes(moved)
                     if type(item) in _SIZED_TYPES:
                         self.bytes_recv += _nbytes(item)
                     x = e
@@ -834,9 +940,10 @@ class Channel(Generic[T]):
             elif buf:
                 item = buf.popleft()
                 self.recvs += 1
-                self.last_op_ns = _now_ns()
                 if type(item) in _SIZED_TYPES:
-                    self.bytes_recv += _nbytes(item)
+                    n = _nbytes(item)
+                    self.bytes_recv += n
+                    self._buf_bytes -= n
             elif self._closed:
                 item = _SLOW_ITEM
             else:
@@ -846,10 +953,11 @@ class Channel(Generic[T]):
                     t.linked = True
                     self._recvq.append(t)
                     self._nrecv += 1
-                    COUNTS[C_INTERNAL] += 1
                     item = _PARKED_ITEM
                 else:
                     item = _SLOW_ITEM
+            if item is not _SLOW_ITEM:
+                self.last_op_ns = rt.now_ns  # type: ignore[union-attr]
         finally:
             _give(True)
         if item is _PARKED_ITEM:
@@ -881,213 +989,8 @@ class Channel(Generic[T]):
             await trap(None)
         return item  # type: ignore[no-any-return]
 
-    async def _send_slow(self, item: T, timeout: float | None, cancel: Any,
-                         task: Task[Any] | None) -> None:
-        """Every form of async send (the inlined ``send`` handles the common native case)."""
-        if task is not None:
-            if task._scope._eff:
-                raise Cancelled()
-            ctx: Any = task
-        else:
-            ctx = context()
-        if timeout is not None or cancel is not None:
-            timeout = self._precheck(timeout, cancel, True)
-        # Fast path, inlined (the hot path of every pipeline): hand the item to a parked plain
-        # receiver, or append to a buffer with room.  Anything else goes through ``_put``.
-        try:
-            _take()
-        except IndexError:
-            _contended()
-        try:
-            x = None
-            if self._closed:
-                st = _REFUSED
-            elif self._nrecv:
-                e = self._recvq[0]
-                if e.linked and type(e) is Ticket and e._state < READY:
-                    self._recvq.popleft()
-                    e.linked = False
-                    self._nrecv -= 1
-                    e._state = READY
-                    e.payload = item
-                    COUNTS[C_COMPLETED] += 1
-                    self.sends += 1
-                    self.recvs += 1
-                    self.last_op_ns = _now_ns()
-                    if type(item) in _SIZED_TYPES:
-                        n = _nbytes(item)
-                        self.bytes_sent += n
-                        self.bytes_recv += n
-                    x = e
-                    st = _OK
-                else:
-                    st = self._put(item)
-                    x = self._x
-                    self._x = None
-            elif len(self._buf) < self._cap:
-                buf = self._buf
-                buf.append(item)
-                if len(buf) > self._peak:
-                    self._peak = len(buf)
-                self.sends += 1
-                self.last_op_ns = _now_ns()
-                if type(item) in _SIZED_TYPES:
-                    self.bytes_sent += _nbytes(item)
-                st = _OK
-            else:
-                st = self._put(item)
-                x = self._x
-                self._x = None
-        finally:
-            _give(True)
-        if st == _OK:
-            if x is not None:
-                if type(x) is Ticket:
-                    w = x._waker
-                    if type(w) is Task:  # inline Task.wake
-                        r = w._rt
-                        w._state = "READY"
-                        r._ready.append(w)
-                        if r._asleep:
-                            r._poke()
-                    else:
-                        x._wake()
-                else:
-                    self._report((x,))
-            if task is not None:
-                b = task._budget - 1
-                if b:
-                    task._budget = b
-                else:
-                    await trap(None)
-            return
-        if st != _FULL or timeout == 0:
-            if st == _FULL:
-                self._count(True)
-            elif st == _REFUSED:
-                self._count(True, closed=True)
-            self._sent(st, x, item, cancel)
-            return
-        # Slow path: park on a ticket (allocated outside the lock, then retry + register).
-        t = _fresh_ticket(task, ctx)
-        t.item = item
-        st, x = self._send_attempt(item, t, cancel, False)
-        if st != _PARKED:
-            t.item = None
-            self._sent(st, x, item, cancel)
-            return
-        if task is not None:
-            task._on = self
-            if timeout is None:
-                await trap(t)
-            else:
-                await park(t, ctx, timeout)
-        else:
-            await park(t, ctx, timeout)
-        if t._state == READY and cancel is None:
-            t._state = COMPLETED  # READY is only left by its waiter: no lock needed
-            return
-        self._finish_wait(t, True, cancel)
-        if t._state == CANCELLED:
-            raise self._wait_error(t, ctx, True)
-
-    def _count(self, sender: bool, closed: bool = False) -> None:
-        _klock.acquire()
-        try:
-            if closed:
-                if sender:
-                    self.send_closed += 1
-                else:
-                    self.recv_closed += 1
-            elif sender:
-                self.send_would_block += 1
-            else:
-                self.recv_would_block += 1
-        finally:
-            _klock.release()
-
-    def _drop_latest(self, item: Any) -> None:
-        _klock.acquire()
-        try:
-            self.sends += 1
-            self.undelivered += 1
-        finally:
-            _klock.release()
-        self._report((item,))
-
-    def _count_token_fail(self, sender: bool) -> None:
-        _klock.acquire()
-        try:
-            if sender:
-                self.send_cancelled += 1
-            else:
-                self.recv_cancelled += 1
-        finally:
-            _klock.release()
-
-    def _finish_wait(self, t: Ticket, sender: bool, cancel: Any) -> None:
-        """After a park: account for the outcome under the lock."""
-        try:
-            _take()
-        except IndexError:
-            _contended()
-        try:
-            if cancel is not None:
-                cancel._tickets.discard(t)
-            if t._state == CANCELLED:
-                self._unlink(t, sender)
-                self._count_fail(t._why, sender)
-            else:
-                t._state = COMPLETED
-        finally:
-            _give(True)
-
-    def _wait_error(self, t: Ticket, ctx: Any, sender: bool) -> BaseException:
-        if t._why == WHY_CLOSED:
-            return self._closed_error(sender)
-        what = f"{'send on' if sender else 'receive from'} channel {self.name!r}"
-        return error_for(t, ctx, what)
-
-    def try_send(self, item: T) -> bool:
-        """Send without waiting.  ``WouldBlock`` if full, ``ChannelClosed`` if closed.
-
-        Returns True if the item was accepted; False only for DROP_LATEST when the buffer is full
-        (the item is dropped and not reported: the caller still owns it).
-        """
-        st, x = self._send_attempt(item, None, None, True)
-        if st == _DROPPED:
-            return False
-        return self._sent(st, x, item, None)
-
-    def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
-        """``send`` for a plain OS thread (RuntimeError from a thread running a loop)."""
-        check_blocking_allowed("Channel.send_blocking()")
-        timeout = self._precheck(timeout, cancel, True)
-        if timeout == 0:
-            st, x = self._send_attempt(item, None, None, True)
-            if st == _DROPPED:
-                _klock.acquire()
-                try:
-                    self.send_dropped -= 1  # counted by the attempt; reported like send()
-                finally:
-                    _klock.release()
-            self._sent(st, x, item, cancel)
-            return
-        t = internal_ticket(thread_waker())
-        t.item = item
-        st, x = self._send_attempt(item, t, cancel, False)
-        if st != _PARKED:
-            t.item = None
-            self._sent(st, x, item, cancel)
-            return
-        park_blocking(t, timeout)
-        self._finish_wait(t, True, cancel)
-        if t._state == CANCELLED:
-            raise self._wait_error(t, None, True)
-
-    # -- recv --------------------------------------------------------------------------------
     async def _recv_slow(self, timeout: float | None, cancel: Any, task: Task[Any] | None) -> T:
-        """Every form of async receive (the inlined ``recv`` handles the common native case)."""
+        """Every form of async receive: asyncio, timeouts, tokens, closed, select entries."""
         if task is not None:
             if task._scope._eff:
                 raise Cancelled()
@@ -1096,67 +999,25 @@ class Channel(Generic[T]):
             ctx = context()
         if timeout is not None or cancel is not None:
             timeout = self._precheck(timeout, cancel, False)
-        # Fast path, inlined: take the head of the buffer when no sender is parked.
-        try:
-            _take()
-        except IndexError:
-            _contended()
-        try:
-            buf = self._buf
-            if buf and not self._nsend:
-                item = buf.popleft()
-                self.recvs += 1
-                self.last_op_ns = _now_ns()
-                if type(item) in _SIZED_TYPES:
-                    self.bytes_recv += _nbytes(item)
-                x = None
-            else:
-                item = self._get()
-                x = self._x
-                self._x = None
-        finally:
-            _give(True)
-        if item is not _EMPTY and item is not _CLOSED:
-            if x is not None:
-                w = x._waker
-                if type(w) is Task:  # inline Task.wake
-                    r = w._rt
-                    w._state = "READY"
-                    r._ready.append(w)
-                    if r._asleep:
-                        r._poke()
-                else:
-                    x._wake()
-            if task is not None:
-                b = task._budget - 1
-                if b:
-                    task._budget = b
-                else:
-                    await trap(None)
-            return item  # type: ignore[no-any-return]
-        if item is _CLOSED or timeout == 0:
-            self._count(False, closed=item is _CLOSED)
-            return self._received(item, x, cancel)  # type: ignore[no-any-return]
-        t = _fresh_ticket(task, ctx)
-        item, x = self._recv_attempt(t, cancel, False)
-        if item is not _PARKED_ITEM:
-            return self._received(item, x, cancel)  # type: ignore[no-any-return]
-        if task is not None:
-            task._on = self
-            if timeout is None:
-                await trap(t)
-            else:
+        item, x = self._recv_attempt(None, None, timeout == 0)
+        if item is _EMPTY and timeout != 0:
+            t = _fresh_ticket(task, ctx)
+            item, x = self._recv_attempt(t, cancel, False)
+            if item is _PARKED_ITEM:
+                if task is not None:
+                    task._on = self
                 await park(t, ctx, timeout)
-        else:
-            await park(t, ctx, timeout)
-        if t._state == READY and cancel is None:
-            t._state = COMPLETED  # READY is only left by its waiter: no lock needed
-            return t.payload  # type: ignore[no-any-return]
-        self._finish_wait(t, False, cancel)
-        if t._state == CANCELLED:
-            raise self._wait_error(t, ctx, False)
-        item = t.payload
-        t.payload = None
+                item = self._finish_wait(t, False, cancel)
+                if t._state == CANCELLED:
+                    raise self._wait_error(t, ctx, False)
+                return item  # type: ignore[no-any-return]
+        item = self._received(item, x, cancel)
+        if task is not None:
+            b = task._budget - 1
+            if b:
+                task._budget = b
+            else:
+                await trap(None)
         return item  # type: ignore[no-any-return]
 
     def try_recv(self) -> T:
@@ -1169,17 +1030,17 @@ class Channel(Generic[T]):
         """``recv`` for a plain OS thread (RuntimeError from a thread running a loop)."""
         check_blocking_allowed("Channel.recv_blocking()")
         timeout = self._precheck(timeout, cancel, False)
-        if timeout == 0:
-            return self.try_recv()
-        t = internal_ticket(thread_waker())
-        item, x = self._recv_attempt(t, cancel, False)
-        if item is not _PARKED_ITEM:
-            return self._received(item, x, cancel)  # type: ignore[no-any-return]
-        park_blocking(t, timeout)
-        self._finish_wait(t, False, cancel)
-        if t._state == CANCELLED:
-            raise self._wait_error(t, None, False)
-        return t.payload  # type: ignore[no-any-return]
+        item, x = self._recv_attempt(None, None, timeout == 0)
+        if item is _EMPTY and timeout != 0:
+            t = internal_ticket(thread_waker())
+            item, x = self._recv_attempt(t, cancel, False)
+            if item is _PARKED_ITEM:
+                park_blocking(t, timeout)
+                item = self._finish_wait(t, False, cancel)
+                if t._state == CANCELLED:
+                    raise self._wait_error(t, None, False)
+                return item  # type: ignore[no-any-return]
+        return self._received(item, x, cancel)  # type: ignore[no-any-return]
 
     def iter_blocking(self, *, timeout: float | None = None) -> Iterator[T]:
         """Iterate with ``recv_blocking`` until the channel is closed and drained."""
@@ -1206,6 +1067,8 @@ class Channel(Generic[T]):
             if not e.linked:
                 continue
             e.linked = False
+            if sender:
+                e.item = None  # the parked sender still holds its item
             t = e._fail(WHY_CLOSED, None)
             if t is not None:
                 woken.append(t)
@@ -1249,6 +1112,8 @@ class Channel(Generic[T]):
             while buf:  # no iterator allocation inside the section
                 dropped.append(buf.popleft())
             self.undelivered += len(dropped)
+            self._lost_bytes += self._buf_bytes
+            self._buf_bytes = 0
             self._fail_all(True, woken)
             self._fail_all(False, woken)
         finally:
@@ -1273,21 +1138,27 @@ class Channel(Generic[T]):
     # -- introspection -----------------------------------------------------------------------
     def stats(self) -> ChannelStats:
         """A frozen snapshot of every counter (see :class:`ChannelStats`)."""
+        vals: list[int] = []
         _klock.acquire()
         try:
-            vals = [getattr(self, k) for k in _COUNTERS]
+            for i in range(len(_STORED)):  # no iterator the GC tracks inside the section
+                vals.append(getattr(self, _STORED[i]))
             buffered = len(self._buf)
             peak, ns, nr = self._peak, self._nsend, self._nrecv
             closed = self._closed
+            buf_bytes, lost_bytes = self._buf_bytes, self._lost_bytes
             first, last = self.first_op_ns, self.last_op_ns
         finally:
             _klock.release()
-        kw: dict[str, Any] = dict(zip(_COUNTERS, vals))
+        kw: dict[str, Any] = dict(zip(_STORED, vals))
+        # Every accepted item is received, still buffered, or undelivered (exactly once).
+        kw["sends"] = kw["recvs"] + buffered + kw["undelivered"]
+        kw["bytes_sent"] = kw["bytes_recv"] + buf_bytes + lost_bytes
         return ChannelStats(
             name=self.name, kind=self._kind, capacity=self.capacity, buffered=buffered,
-            peak=peak, waiting_senders=ns, waiting_receivers=nr, closed_for_send=closed,
-            closed_for_recv=closed and buffered == 0, first_op_ns=first, last_op_ns=last,
-            snapshot_ns=_now_ns(), **kw)
+            peak=max(peak, buffered), waiting_senders=ns, waiting_receivers=nr,
+            closed_for_send=closed, closed_for_recv=closed and buffered == 0,
+            first_op_ns=first, last_op_ns=last, snapshot_ns=_now_ns(), **kw)
 
     def zstats(self) -> dict[str, int]:
         """Zero-copy counters: zref_sent, zref_received, fallback_small, fallback_capacity,
@@ -1324,7 +1195,7 @@ class Channel(Generic[T]):
             _klock.release()
 
     def __repr__(self) -> str:
-        cap = "inf" if self._cap == _UNBOUNDED else str(self._cap)
+        cap = "inf" if self._kind == "unlimited" else str(self._cap)
         state = " cancelled" if self._cancelled else " closed" if self._closed else ""
         return (f"<Channel {self.name!r} {self._kind} {len(self._buf)}/{cap}"
                 f" senders={self._nsend} receivers={self._nrecv}{state}>")

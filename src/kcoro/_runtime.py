@@ -48,7 +48,8 @@ from . import _klock, _registry
 from ._context import tls
 from ._errors import Cancelled
 from ._timers import TimerEntry, Timers
-from ._tokens import WHY_TASK, WHY_TIMEOUT, Ticket, internal_ticket
+from ._tokens import C_NATIVE_DONE, COUNTS, WHY_TASK, WHY_TIMEOUT, Ticket, internal_ticket
+from ._tokens import READY as T_READY
 
 if TYPE_CHECKING:
     from ._scopes import CancelScope
@@ -78,6 +79,7 @@ CREATED, READY, RUNNING, PARKED, FINISHED = "CREATED", "READY", "RUNNING", "PARK
 
 _take, _give, _contended = _klock.take, _klock.give, _klock.contended
 _get_ident = threading.get_ident
+_monotonic_ns = time.monotonic_ns
 _NO_JOINERS: list[Ticket] = []  # a finished task's joiner list; never appended to
 
 
@@ -137,6 +139,9 @@ class Task(Generic[T]):
     # -- public surface ------------------------------------------------------------------
     @property
     def state(self) -> str:
+        """``CREATED READY RUNNING PARKED FINISHED`` (RUNNING: the task being stepped)."""
+        if self._rt.current is self and self._state != FINISHED:
+            return RUNNING
         return self._state
 
     @property
@@ -183,8 +188,7 @@ class Task(Generic[T]):
     async def _join(self) -> T:
         from ._wait import join_task
 
-        if self._state != FINISHED:
-            await join_task(self)
+        await join_task(self)  # a checkpoint even when the task has already finished
         return self.result()
 
     def _deliver_cancel(self) -> None:
@@ -263,6 +267,8 @@ class Runtime:
         self._unretrieved: list[Task[Any]] = []
         self.steps = 0
         self.polls = 0
+        self.parks = 0  # tickets tasks parked on (the token kernel's stats read it)
+        self.now_ns = time.monotonic_ns()  # coarse clock for channel timestamps
         self._closed = False
         attach = getattr(clock, "_attach", None)
         if attach is not None:
@@ -399,7 +405,6 @@ class Runtime:
                 k -= 1
                 task = popleft()
                 self.current = task
-                task._state = RUNNING
                 task._budget = BUDGET
                 try:
                     y = task._send(None)
@@ -415,10 +420,12 @@ class Runtime:
                 elif type(y) is Ticket:
                     task._state = PARKED
                     task._parked = y  # may be stale later: cancelling a finished ticket is a no-op
+                    self.parks += 1
                 else:
                     self._bad_yield(task, y)
             self.current = None
             self.steps += 64 - k
+            self.now_ns = _monotonic_ns()
             if self._calls:
                 calls = self._calls
                 for _ in range(len(calls)):
@@ -440,6 +447,10 @@ class Runtime:
                     task._root.cancel()
                 continue
             if self._idle:
+                if self._fds:  # a task whose fd is ready is runnable, not blocked
+                    self._poll(0)
+                    if ready:
+                        continue
                 idle, self._idle = self._idle, []
                 for t in idle:
                     _ring(t)
@@ -457,7 +468,7 @@ class Runtime:
             if deadline is None:
                 self._poll(None)
                 return
-            timeout = deadline - self.clock()
+            timeout = min(deadline - self.clock(), 3600.0)  # select() rejects huge timeouts
             if timeout <= 0:
                 self._poll(0)
                 return
@@ -502,8 +513,23 @@ class Runtime:
         else:
             self._bad_yield(task, y2)
 
+    def parked_internal(self) -> int:
+        """How many tasks are parked on an internal ticket right now (for kernel stats)."""
+        n = 0
+        for task in list(self._tasks):
+            t = task._parked
+            if task._state == PARKED and t is not None and t.id == 0 and t._state < T_READY:
+                n += 1
+        return n
+
     def close(self) -> None:
         self._closed = True
+        _klock.acquire()
+        try:
+            COUNTS[C_NATIVE_DONE] += self.parks
+            self.parks = 0
+        finally:
+            _klock.release()
         _registry.runtimes.discard(self)
         try:
             self._sel.close()
@@ -516,7 +542,7 @@ class Runtime:
         return sorted(self._tasks, key=lambda t: t.id)
 
     def check_invariants(self) -> None:
-        assert self.current is None or self.current._state == RUNNING
+        assert self.current is None or self.current._state != FINISHED
         for task in self._tasks:
             assert task._state != FINISHED, f"finished {task!r} still registered"
         for task in self._ready:
@@ -647,7 +673,10 @@ async def sleep(seconds: float) -> None:
         await checkpoint()
         return
     t = internal_ticket(None)
-    await wait_internal(t, s, None, "sleep", timeout_completes=True)
+    if s == math.inf:  # park until cancelled
+        await wait_internal(t, None, None, "sleep forever")
+    else:
+        await wait_internal(t, s, None, "sleep", timeout_completes=True)
 
 
 async def _wait_fd(fd: int | Any, events: int) -> None:

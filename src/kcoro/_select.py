@@ -43,10 +43,11 @@ from ._chan import (
 from ._context import tls
 from ._errors import Cancelled, ChannelClosed, OperationCancelled, WouldBlock
 from ._runtime import Task, trap
-from ._tokens import C_INTERNAL, CANCELLED, COMPLETED, COUNTS, READY, WHY_CLOSED, WHY_TOKEN, Ticket
+from ._tokens import CANCELLED, COMPLETED, READY, WHY_CLOSED, WHY_TOKEN, Ticket
 from ._wait import (
     check_blocking_allowed,
     check_timeout,
+    check_token,
     context,
     error_for,
     park,
@@ -111,7 +112,6 @@ class _SelEntry:
             t._state = READY
             t.payload = value
             t.item = self.index
-            COUNTS[0] += 1  # C_COMPLETED
             return t
         return None
 
@@ -174,8 +174,7 @@ def _attempt(clauses: tuple[Any, ...], order: list[int], sel: Ticket | None,
                     ch._x = None
                 elif st == _DROPPED:
                     status = _WON_DROPPED
-                    ch.sends += 1
-                    ch.undelivered += 1
+                    ch._count_dropped(c.item)
                 else:  # _REFUSED
                     status = _CLOSED_AT
                     ch.send_closed += 1
@@ -210,7 +209,6 @@ def _attempt(clauses: tuple[Any, ...], order: list[int], sel: Ticket | None,
                     else:
                         ch._recvq.append(e)
                         ch._nrecv += 1
-                COUNTS[C_INTERNAL] += 1
                 if cancel is not None:
                     cancel._tickets.add(sel)
                 status = _PARKED
@@ -308,8 +306,11 @@ async def select(*clauses: Clause, timeout: float | None = None, fair: bool = Fa
         raise Cancelled()
     if timeout is not None:
         timeout = check_timeout(timeout)
-    if cancel is not None and cancel._cancelled:
-        raise OperationCancelled("select cancelled by its CancelToken", reason=cancel._reason)
+    if cancel is not None:
+        check_token(cancel)
+        if cancel._cancelled:
+            raise OperationCancelled("select cancelled by its CancelToken",
+                                     reason=cancel._reason)
     order = _order(len(clauses), fair)
     status, index, value, x = _attempt(clauses, order, None, None, None)
     if status != _NONE:
@@ -345,8 +346,11 @@ def select_blocking(*clauses: Clause, timeout: float | None = None, fair: bool =
     check_blocking_allowed("kcoro.select_blocking()")
     if timeout is not None:
         timeout = check_timeout(timeout)
-    if cancel is not None and cancel._cancelled:
-        raise OperationCancelled("select cancelled by its CancelToken", reason=cancel._reason)
+    if cancel is not None:
+        check_token(cancel)
+        if cancel._cancelled:
+            raise OperationCancelled("select cancelled by its CancelToken",
+                                     reason=cancel._reason)
     order = _order(len(clauses), fair)
     status, index, value, x = _attempt(clauses, order, None, None, None)
     if status != _NONE:

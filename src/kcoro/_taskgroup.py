@@ -106,6 +106,13 @@ class TaskGroup:
             if len(errors) == 1:
                 raise errors[0]
             raise BaseExceptionGroup("several tasks of a kcoro.TaskGroup failed", errors)
+        if ev is None and scope._eff:
+            # Cancelled while waiting for the children (e.g. an enclosing deadline): the block
+            # ends with Cancelled, which the scope that was cancelled absorbs.
+            ev = Cancelled()
+            if scope.__exit__(Cancelled, ev, None):
+                return False
+            raise ev
         return scope.__exit__(et, ev, tb)
 
     def __repr__(self) -> str:

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Generator, Hashable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import _klock
+from . import _klock, _registry
 
 __all__ = [
     "CANCELLED",
@@ -59,9 +59,13 @@ STATE_NAMES = ("NEW", "PARKED", "READY", "COMPLETED", "CANCELLED")
 WHY_USER, WHY_TIMEOUT, WHY_TOKEN, WHY_TASK, WHY_CLOSED, WHY_SHUTDOWN = range(6)
 
 # Process-wide counters, updated inside kernel-lock sections only (so they are exact).  A kernel
-# reports them relative to a baseline taken when it was created.
-C_COMPLETED, C_CANCELLED, C_ZOMBIES, C_PUB_PUBLISHED, C_PUB_PARKED, C_INTERNAL = range(6)
-COUNTS: list[int] = [0, 0, 0, 0, 0, 0]
+# reports them relative to a baseline taken when it was created.  Parks of kcoro tasks are
+# counted by their runtime (``Runtime.parks``, folded into C_NATIVE_DONE when it closes); parks
+# from asyncio tasks and threads in C_FOREIGN_PARKS.  ``completed`` is derived in stats():
+# every ticket ends completed, cancelled (counted here) or is still outstanding.
+(C_CANCELLED, C_ZOMBIES, C_PUB_PUBLISHED, C_PUB_PARKED, C_FOREIGN_PARKS, C_FOREIGN_LIVE,
+ C_NATIVE_DONE) = range(7)
+COUNTS: list[int] = [0, 0, 0, 0, 0, 0, 0]
 
 _take, _give, _contended = _klock.take, _klock.give, _klock.contended
 
@@ -101,7 +105,6 @@ class Ticket:
         if self._state < READY:
             self._state = READY
             self.payload = value
-            COUNTS[C_COMPLETED] += 1
             return self
         return None
 
@@ -207,11 +210,7 @@ class TokenKernel:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._next_id = self._ids.__next__
-        _klock.acquire()
-        try:
-            self._base = list(COUNTS)
-        finally:
-            _klock.release()
+        self._base = _raw_totals()
         self._by_id: dict[int, Ticket] = {}
         self._by_key: dict[Hashable, Ticket] = {}
         self._tlock = threading.RLock()  # guards the two dicts (user keys may run __eq__)
@@ -314,22 +313,21 @@ class TokenKernel:
                 t._wake()
 
     def stats(self) -> TokenKernelStats:
-        _klock.acquire()
-        try:
-            c = [now - base for now, base in zip(COUNTS, self._base)]
-        finally:
-            _klock.release()
-        internal = c[C_INTERNAL]
-        published = c[C_PUB_PUBLISHED] + internal
-        finished = c[C_COMPLETED] + c[C_CANCELLED]
+        now = _raw_totals()
+        c = [a - b for a, b in zip(now, self._base)]
         with self._tlock:
             keyed = len(self._by_key)
+            live_public = len(self._by_id)
+        parks = c[_T_PARKS]
+        published = c[C_PUB_PUBLISHED] + parks - c[C_PUB_PARKED]
+        outstanding = live_public + now[_T_LIVE_INTERNAL]
+        cancelled = c[C_CANCELLED]
         return TokenKernelStats(
             published=published,
-            parked=internal + c[C_PUB_PARKED],
-            completed=c[C_COMPLETED],
-            cancelled=c[C_CANCELLED],
-            outstanding=max(0, published - finished),
+            parked=parks,
+            completed=max(0, published - cancelled - outstanding),
+            cancelled=cancelled,
+            outstanding=outstanding,
             zombies=c[C_ZOMBIES],
             keyed=keyed,
         )
@@ -353,6 +351,34 @@ class TokenKernel:
 _kernel: TokenKernel | None = None
 _init_lock = threading.Lock()
 
+# Indexes of the totals list built by _raw_totals (COUNTS, then derived entries).
+_T_PARKS = len(COUNTS)
+_T_LIVE_INTERNAL = _T_PARKS + 1
+
+
+def _raw_totals() -> list[int]:
+    """COUNTS plus total parks and the internal waits parked right now.
+
+    The counters are copied in one kernel section (into lists allocated before it); how many
+    tasks are parked right now is read without the lock (it races with running tasks anyway).
+    """
+    runtimes = _registry.runtimes.items()
+    n = len(COUNTS)
+    totals = [0] * (n + 2)
+    parks = [0] * len(runtimes)
+    _klock.acquire()
+    try:
+        for i in range(n):
+            totals[i] = COUNTS[i]
+        for i in range(len(runtimes)):
+            parks[i] = runtimes[i].parks
+    finally:
+        _klock.release()
+    totals[_T_PARKS] = totals[C_NATIVE_DONE] + totals[C_FOREIGN_PARKS] + sum(parks)
+    totals[_T_LIVE_INTERNAL] = totals[C_FOREIGN_LIVE] + sum(rt.parked_internal()
+                                                             for rt in runtimes)
+    return totals
+
 
 def token_kernel() -> TokenKernel:
     """The process-wide kernel, created on first use (thread-safe: racing threads get one)."""
@@ -371,8 +397,7 @@ def _init_kernel() -> TokenKernel:
 
 
 def internal_ticket(waker: Waker | None) -> Ticket:
-    """A PARKED ticket for an internal wait.  It is counted (``C_INTERNAL``) by whoever makes it
-    visible, inside that kernel section."""
+    """A PARKED ticket for an internal wait (id 0; counted when it parks)."""
     return Ticket(waker)
 
 

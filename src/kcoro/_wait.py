@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import math
+import numbers
 import threading
 from typing import Any
 
@@ -84,15 +86,22 @@ def check_blocking_allowed(what: str) -> None:
 
 
 def check_timeout(timeout: float | None) -> float | None:
+    """Validate a ``timeout=`` argument: None, or a real number of seconds >= 0 (inf = None)."""
     if timeout is None:
         return None
-    try:
-        t = float(timeout)
-    except (TypeError, ValueError):
-        raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}") from None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be None or a number of seconds, got {timeout!r}")
+    t = float(timeout)
     if not t >= 0:  # also rejects NaN
         raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
-    return t
+    return None if t == math.inf else t
+
+
+def check_token(cancel: Any) -> None:
+    from ._scopes import CancelToken
+
+    if not isinstance(cancel, CancelToken):
+        raise TypeError(f"cancel= must be a kcoro.CancelToken, got {type(cancel).__name__}")
 
 
 def fail(t: Ticket, why: int, reason: Any = None) -> bool:
@@ -126,23 +135,51 @@ async def park(t: Ticket, ctx: Ctx, timeout: float | None,
     h = None
     if timeout is not None:
         h = loop.call_later(timeout, _ring if timeout_completes else _expire, t)
+    _foreign_park(t, 1)
     try:
         await fut
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if not fail(t, WHY_TASK):
-            # A completion won the race: keep its result, re-deliver the cancellation at the
-            # task's next await (uncancel first so asyncio.timeout() accounting stays right).
+            # A completion won the race: the operation returns what it was given.  The
+            # cancellation is re-delivered at the task's next await, unless by then it was
+            # consumed (asyncio.timeout() uncancels on exit) or the task has finished.
             task = asyncio.current_task()
             if task is not None:
-                task.uncancel()
-                task.cancel()
+                loop.call_soon(_redeliver_cancel, task, exc.args[0] if exc.args else None)
     finally:
+        _foreign_park(t, -1)
         if h is not None:
             h.cancel()
 
 
+def _redeliver_cancel(task: asyncio.Task[Any], msg: Any) -> None:
+    if not task.done() and task.cancelling():
+        task.uncancel()
+        task.cancel(msg)
+
+
+def _foreign_park(t: Ticket, delta: int) -> None:
+    """Count a park by an asyncio task or a thread (delta=1 at start, -1 at the end)."""
+    _klock.acquire()
+    try:
+        if delta > 0:
+            _tokens.COUNTS[_tokens.C_FOREIGN_PARKS] += 1
+        if t.id == 0:
+            _tokens.COUNTS[_tokens.C_FOREIGN_LIVE] += delta
+    finally:
+        _klock.release()
+
+
 def park_blocking(t: Ticket, timeout: float | None, timeout_completes: bool = False) -> None:
     """Block this thread until ``t`` is finished (its waker must be the thread's waker)."""
+    _foreign_park(t, 1)
+    try:
+        _park_blocking(t, timeout, timeout_completes)
+    finally:
+        _foreign_park(t, -1)
+
+
+def _park_blocking(t: Ticket, timeout: float | None, timeout_completes: bool) -> None:
     w: ThreadWaker = t._waker  # type: ignore[assignment]
     lk = w.lock
     try:
@@ -209,7 +246,6 @@ async def wait_internal(t: Ticket, timeout: float | None, token: Any, on: object
         ready = t._state >= READY
         if not ready:
             t._waker = waker
-            _tokens.COUNTS[_tokens.C_INTERNAL] += 1
     finally:
         _klock.release()
     if not ready:
@@ -319,7 +355,6 @@ async def join_task(task: Task[Any]) -> None:
         finished = task._state == "FINISHED"
         if not finished:
             task._joiners.append(t)
-            _tokens.COUNTS[_tokens.C_INTERNAL] += 1
     finally:
         _klock.release()
     if finished:

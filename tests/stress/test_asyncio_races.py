@@ -52,8 +52,6 @@ def test_native_task_cancelled_after_handoff_keeps_the_result(side: str) -> None
 
 
 # -- asyncio ---------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BUG: asyncio task cancelled after a hand-off to its "
-                   "parked recv ends cancelled and the received item is lost")
 def test_asyncio_task_cancelled_after_handoff_does_not_lose_the_item() -> None:
     """What ``asyncio.wait_for(ch.recv(), t)`` does when its timeout fires as an item arrives."""
 
@@ -80,9 +78,6 @@ def test_asyncio_task_cancelled_after_handoff_does_not_lose_the_item() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: asyncio task cancelled after its parked send was "
-                   "taken raises CancelledError although the item was delivered (retry "
-                   "duplicates it)")
 def test_asyncio_task_cancelled_after_send_was_taken_reports_success() -> None:
     """What ``asyncio.wait_for(ch.send(x), t)`` does when its timeout fires as x is taken."""
 
@@ -105,8 +100,6 @@ def test_asyncio_task_cancelled_after_send_was_taken_reports_success() -> None:
     asyncio.run(main())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: asyncio.timeout() expiring as a hand-off completes "
-                   "its recv leaks a CancelledError out of the (normally exited) block")
 def test_asyncio_timeout_expiring_during_handoff_does_not_leak_a_cancellation() -> None:
     async def main() -> None:
         ch: kcoro.Channel[str] = kcoro.Channel()

@@ -188,12 +188,8 @@ def test_gc_churn_while_senders_and_receivers_are_parked(kind: str, eager_gc: No
 
 # -- a delivered item belongs to the receiver alone ------------------------------------------
 RETAIN = [
-    pytest.param("recv", "plain", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: the receiving task's cached wait ticket keeps the last item "
-        "it received (Ticket.payload) alive after delivery")),
-    pytest.param("recv", "timeout", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: the receiving task's cached wait ticket keeps the last item "
-        "it received (Ticket.payload) alive after delivery")),
+    ("recv", "plain"),
+    ("recv", "timeout"),
     ("send", "plain"),
     ("send", "timeout"),
 ]
