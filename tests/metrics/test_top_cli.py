@@ -103,8 +103,10 @@ def test_ndjson_ends_cleanly_when_the_target_exits(workload: Workload) -> None:
         if json.loads(line)["type"] == "channel":
             break
     workload.stop()
-    rest, err = p.communicate(timeout=60)
-    assert p.returncode == 0
+    rest = p.stdout.read()  # the same buffered reader: it may already hold part of the rest
+    assert p.stderr is not None
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 0
     last = [json.loads(ln) for ln in rest.splitlines()][-1]
     assert last["type"] == "end" and last["reason"].startswith("target gone")
     assert f"process {workload.pid} closed the metrics connection" in err

@@ -21,11 +21,11 @@ from typing import Any, TextIO
 
 from ..metrics import client as _client
 from ..metrics._paths import UnsafeDirectory, list_endpoints, runtime_dir
-from ..metrics._snapshot import Snapshot, from_dict
+from ..metrics._snapshot import ParkedOn, Snapshot, from_dict
 from ..metrics.ndjson import SCHEMA_VERSION, dumps
 from ..metrics.sampler import RateBook
 
-__all__ = ["add_parser", "fmt_rate", "render_text", "run"]
+__all__ = ["add_parser", "describe", "fmt_rate", "render_text", "run"]
 
 
 def add_parser(sub: Any) -> None:
@@ -200,6 +200,13 @@ def failures(s: Any, side: str) -> str:
     return " ".join(parts) or "-"
 
 
+def describe(on: ParkedOn | None) -> str:
+    """'channel jobs', 'select a|b', 'ticket #3', 'sleep' ... ('' when not parked)."""
+    if on is None:
+        return ""
+    return on.name if on.kind == "other" else f"{on.kind} {on.name}"
+
+
 def render_text(snap: Snapshot, book: RateBook, hello: dict[str, Any] | None = None) -> str:
     lines = []
     argv = " ".join((hello or {}).get("argv", []))
@@ -226,8 +233,8 @@ def render_text(snap: Snapshot, book: RateBook, hello: dict[str, Any] | None = N
     for rt in snap.runtimes:
         lines.append(f"runtime {rt.thread}: {len(rt.tasks)} tasks, steps={rt.steps}")
         for t in rt.tasks:
-            on = "" if t.parked_on is None else f" on {t.parked_on.kind} {t.parked_on.name}"
-            lines.append(f"  task {t.id} {t.name}: {t.state}{on}")
+            on = describe(t.parked_on)
+            lines.append(f"  task {t.id} {t.name}: {t.state}{' on ' + on if on else ''}")
     return "\n".join(lines) + "\n"
 
 

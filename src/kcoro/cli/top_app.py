@@ -26,7 +26,7 @@ from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 from ..metrics import client as _client
 from ..metrics._snapshot import Snapshot, from_dict
 from ..metrics.sampler import ChannelTrack, RateBook, sparkline
-from .top import failures, fmt_cap, fmt_rate
+from .top import describe, failures, fmt_cap, fmt_rate
 
 __all__ = ["CHANNEL_COLUMNS", "SORTS", "TASK_COLUMNS", "TopApp"]
 
@@ -87,7 +87,7 @@ class HelpScreen(ModalScreen[None]):
     ]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Static { width: 90; height: auto; border: round $accent; padding: 1 2;
+    HelpScreen > Static { width: 100; height: auto; border: round $accent; padding: 1 2;
                           background: $panel; }
     """
 
@@ -286,7 +286,7 @@ class TopApp(App[None]):
         f = self.filter_text.lower()
         for rt in snap.runtimes:
             for t in rt.tasks:
-                on = "" if t.parked_on is None else f"{t.parked_on.kind} {t.parked_on.name}"
+                on = describe(t.parked_on)
                 if f and f not in t.name.lower() and f not in on.lower():
                     continue
                 out.append((rt.thread, str(t.id), t.name, t.state, on))

@@ -213,8 +213,8 @@ class AsyncConnection:
                                    f"(not a kcoro metrics socket?)") from None
             if exc.partial:
                 raise MonitorError(f"{self.path}: connection ended mid-record") from None
-            raise TargetGone("the target closed the metrics connection (it exited or "
-                             "stopped serving)") from None
+            raise TargetGone(f"process {self.pid} closed the metrics connection (it exited "
+                             f"or stopped serving)") from None
         except asyncio.LimitOverrunError:
             raise MonitorError(f"{self.path} does not speak the kcoro metrics protocol "
                                f"(a line longer than {MAX_LINE} bytes)") from None
