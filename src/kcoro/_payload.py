@@ -458,8 +458,8 @@ class Payload:
     releases on exit.  Using a released payload raises :class:`PayloadReleased`.
     """
 
-    __slots__ = ("__weakref__", "_exp", "_gen", "_idx", "_lock", "_mv", "_refs", "arena",
-                 "id", "nbytes", "spilled")
+    __slots__ = ("__weakref__", "_exp", "_fin", "_gen", "_idx", "_lock", "_mv", "_refs",
+                 "arena", "id", "nbytes", "spilled")
 
     def __init__(self, buffer: Any) -> None:
         """Alias a foreign buffer (bytes-like); kcoro never frees it."""
@@ -468,6 +468,7 @@ class Payload:
             raise ValueError("Payload needs a C-contiguous buffer")
         self._mv: memoryview | None = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
         self._exp: Any = buffer
+        self._fin: Any = None
         self.arena: Arena | None = None
         self._idx = -1
         self._gen = 0
@@ -481,7 +482,7 @@ class Payload:
     def _block(cls, arena: Arena, i: int, nbytes: int, gen: int) -> Payload:
         p = cls.__new__(cls)
         exp = arena._exporter(i, nbytes)
-        weakref.finalize(exp, arena._finalize_block, i, gen, os.getpid())
+        p._fin = weakref.finalize(exp, arena._finalize_block, i, gen, os.getpid())
         p._exp = exp
         mv = memoryview(exp).cast("B")
         p._mv = mv[:nbytes] if nbytes == 0 else mv
@@ -499,7 +500,7 @@ class Payload:
     def _spill(cls, arena: Arena, nbytes: int) -> Payload:
         p = cls.__new__(cls)
         exp = _ctype(max(nbytes, 1))()
-        weakref.finalize(exp, arena._finalize_spill, nbytes, os.getpid())
+        p._fin = weakref.finalize(exp, arena._finalize_spill, nbytes, os.getpid())
         p._exp = exp
         mv = memoryview(exp).cast("B")
         p._mv = mv[:nbytes]
@@ -562,6 +563,20 @@ class Payload:
             self._mv = self._exp = None
         # Outside the lock: dropping the last references may run the block's finalizer.
         del mv, exp
+
+    def _transfer(self) -> Any:
+        """The block's ownership moved elsewhere (another process): drop this reference
+        without returning the block.  Returns the exporter if views of it are still alive
+        (the caller pins the block until it dies), else None."""
+        with self._lock:
+            if self._fin is not None:
+                self._fin.detach()
+            self._refs = 0
+            exp = self._exp
+            self._mv = self._exp = None
+        ref = weakref.ref(exp)
+        del exp
+        return ref()
 
     def tobytes(self) -> bytes:
         return bytes(self.view)
