@@ -1,6 +1,8 @@
 """Where the time of one hop goes: the pieces of a kcoro channel operation, timed one by one.
 
     python -m kcoro.bench.anatomy [--n 200000]
+    py-spy record -r 2000 -f raw -o b1.raw -- python -m kcoro.bench.anatomy --workload B1
+    python -m kcoro.bench.anatomy --spy b1.raw
 
 Each line is the best of 5 runs of a tight loop, in ns per iteration, on this machine, in this
 process (so it is a cost model, not a benchmark against peers).  Read it next to a profile of B1 /
@@ -18,14 +20,16 @@ B2 (docs/BENCHMARKS.md, "Where the time goes per hop"):
 from __future__ import annotations
 
 import argparse
+import re
 import time
 import types
+from collections import Counter
 from collections.abc import Callable, Generator
 from typing import Any
 
 import kcoro
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "spy_report"]
 
 _perf = time.perf_counter
 
@@ -223,11 +227,64 @@ def measure(n: int = 200_000) -> list[tuple[str, float, str]]:
     return out
 
 
+def _category(leaf: str) -> str:
+    m = re.match(r"(.*) \((.*):(\d+)\)$", leaf)
+    fn, path = (m.group(1), m.group(2)) if m else (leaf, "")
+    if path.endswith("kcoro/_chan.py"):
+        return "channel send/recv bodies (kcoro/_chan.py)"
+    if path.endswith("kcoro/_runtime.py"):
+        return "trap (the one yield)" if fn == "trap" else "scheduler loop (kcoro/_runtime.py)"
+    if "kcoro/bench/" in path:
+        return "the caller's `await ch.op()` lines (coroutine call + await chain)"
+    if "kcoro/" in path:
+        return f"other kcoro ({path.rsplit('kcoro/', 1)[1]})"
+    return "other"
+
+
+def spy_report(path: str, top: int = 12) -> str:
+    """Summarise a ``py-spy record -f raw`` file: where the samples inside the runtime's loop
+    landed, by category and by leaf line."""
+    cats: Counter[str] = Counter()
+    lines: Counter[str] = Counter()
+    total = 0
+    with open(path) as f:
+        for row in f:
+            stack, _, count = row.rstrip().rpartition(" ")
+            if "run_until_complete" not in stack:
+                continue  # imports, set-up
+            n = int(count)
+            leaf = stack.split(";")[-1]
+            total += n
+            cats[_category(leaf)] += n
+            lines[leaf] += n
+    out = [f"{total} samples inside the runtime loop", "", "| where | share |", "|---|---:|"]
+    out += [f"| {k} | {100 * v / max(total, 1):.1f}% |" for k, v in cats.most_common()]
+    out += ["", "| leaf line | share |", "|---|---:|"]
+    out += [f"| `{k}` | {100 * v / max(total, 1):.1f}% |" for k, v in lines.most_common(top)]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kcoro.bench.anatomy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=200_000, help="iterations per timed loop")
+    p.add_argument("--spy", metavar="RAW",
+                   help="instead: summarise a `py-spy record -f raw` profile of a kcoro run")
+    p.add_argument("--workload", choices=("B1", "B2"),
+                   help="instead: just run kcoro's B1 (100k round trips) or B2 (1M messages), "
+                        "e.g. under a profiler")
     args = p.parse_args(argv)
+    if args.workload == "B1":
+        el = kcoro.run(_hop, 100_000)
+        print(f"B1 rendezvous: {el / 100_000 * 1e9:,.0f} ns per one-way hop")
+        return 0
+    if args.workload == "B2":
+        el = kcoro.run(_stream, 1_000_000)
+        print(f"B2 buffered(64): {1_000_000 / el:,.0f} msgs/s")
+        return 0
+    if args.spy:
+        print(spy_report(args.spy))
+        return 0
     print("| piece | ns | what it is |\n|---|---:|---|")
     for name, ns, why in measure(args.n):
         print(f"| {name} | {ns:,.0f} | {why} |")

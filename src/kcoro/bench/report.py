@@ -14,7 +14,16 @@ from typing import Any
 from .runner import OK, Row, Run, fmt_value
 from .spec import BENCHES
 
-__all__ = ["COLUMNS", "Comparison", "compare", "from_json", "summary_lines", "table", "to_json"]
+__all__ = [
+    "COLUMNS",
+    "Comparison",
+    "compare",
+    "from_json",
+    "markdown",
+    "summary_lines",
+    "table",
+    "to_json",
+]
 
 COLUMNS = ("bench", "impl", "mode", "value", "unit", "median", "best", "runs", "kcoro/peer")
 IDLE_CPU = 0.1  # CPU %: below this on both sides the ratio is noise
@@ -254,3 +263,31 @@ def from_json(doc: dict[str, Any]) -> Run:
     return Run(options=opts, rows=rows, machine=doc.get("machine", {}),
                command=list(doc.get("command", [])), started=doc.get("started", ""),
                seconds=float(doc.get("seconds", 0.0)))
+
+
+def markdown(run: Run, images: str | None = "bench") -> str:
+    """The results section of docs/BENCHMARKS.md: command, machine, charts, table, summary."""
+    m = run.machine
+    out = [
+        f"Command: `{' '.join(run.command)}` ({run.options.rounds} alternating round(s), "
+        f"{run.seconds / 60:.0f} min), started {run.started}.",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs, Python {m.get('python', '?')}, "
+        f"{m.get('platform', '?')}; load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m.get('loadavg_start') or [])}. "
+        f"kcoro {m.get('kcoro', '?')} at commit `{m.get('git_commit') or '?'}`. Peers: "
+        + ", ".join(f"{k} {v}" for k, v in (m.get("peer_versions") or {}).items() if v) + ".",
+        "",
+    ]
+    if images:
+        out += [f"![kcoro vs the best peer of each benchmark]({images}/summary.png)", ""]
+    out += [table(run), "", "Per benchmark (kcoro's reference mode):", ""]
+    out += [f"* {line}" for line in summary_lines(run)]
+    if images:
+        out += [""]
+        seen: list[str] = []
+        for r in run.rows:
+            if r.bench.id not in seen:
+                seen.append(r.bench.id)
+                out += [f"![{r.bench.id} {r.bench.title}]({images}/{r.bench.id}.png)", ""]
+    return "\n".join(out).rstrip() + "\n"

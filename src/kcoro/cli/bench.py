@@ -41,6 +41,9 @@ def add_parser(sub: Any) -> None:
                    help="also run every kcoro row with kcoro.metrics.serve() active")
     p.add_argument("--from-json", metavar="PATH",
                    help="measure nothing: re-print (and --plot) the results saved by --json")
+    p.add_argument("--markdown", metavar="PATH",
+                   help="write the results section of docs/BENCHMARKS.md (charts linked from "
+                        "the --plot directory, relative to PATH)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -79,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             f.write(report.dumps(result) + "\n")
         print(f"wrote {args.json}", file=out)
+    if args.markdown:
+        import os
+
+        images = (os.path.relpath(args.plot, os.path.dirname(os.path.abspath(args.markdown)))
+                  if args.plot else None)
+        os.makedirs(os.path.dirname(os.path.abspath(args.markdown)), exist_ok=True)
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown(result, images))
+        print(f"wrote {args.markdown}", file=out)
     if args.plot:
         from ..bench import plot
 
