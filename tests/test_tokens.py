@@ -32,8 +32,8 @@ def kernel() -> Iterator[kcoro.TokenKernel]:
 
 
 async def until_parked(*tickets: kcoro.Ticket) -> None:
-    """Yield until every ticket has a parked waiter.  (Not ``wait_all_tasks_blocked``: its own
-    barrier ticket skews ``kernel.stats()``, see the xfail test below.)"""
+    """Yield until every ticket has a parked waiter (exact, and keeps ``kernel.stats()`` free of
+    the barrier's own waits)."""
     for _ in range(1000):
         if all(t.state == "PARKED" for t in tickets):
             return
