@@ -296,3 +296,37 @@ def test_env_var_serves_an_unmodified_program(metrics_dir: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], input="", capture_output=True,
                          text=True, env=env, timeout=60)
     assert out.stdout.strip() == "none"
+
+
+def test_a_forked_child_does_not_inherit_the_server(metrics_dir: str) -> None:
+    from kcoro.metrics import _server
+
+    for auto in (False, True):
+        if auto:
+            _server.autoserve()
+        else:
+            kcoro.metrics.serve()
+        parent = kcoro.metrics.current_server()
+        assert parent is not None
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report what it serves, then leave without cleanup handlers
+            try:
+                srv = kcoro.metrics.current_server()
+                os.write(w, (srv.path if srv is not None else "none").encode())
+                if srv is not None:
+                    srv.stop()
+            finally:
+                os._exit(0)
+        os.close(w)
+        got = os.read(r, 4096).decode()
+        os.close(r)
+        os.waitpid(pid, 0)
+        if auto:  # KCORO_METRICS=1 semantics: the child serves itself, under its own pid
+            assert got == os.path.join(metrics_dir, f"{pid}.sock")
+        else:
+            assert got == "none"
+        assert os.path.exists(parent.path)  # the parent's socket is untouched
+        with client.connect(os.getpid()) as conn:
+            assert conn.pid == os.getpid()
+        kcoro.metrics.stop()

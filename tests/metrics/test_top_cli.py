@@ -113,7 +113,8 @@ def test_ndjson_ends_cleanly_when_the_target_exits(workload: Workload) -> None:
     assert "Traceback" not in err
 
 
-def test_errors_are_one_line_not_a_traceback(metrics_dir: str) -> None:
+def test_errors_are_one_line_not_a_traceback(metrics_dir: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     stale = os.path.join(metrics_dir, "999999999.sock")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(stale)
@@ -130,27 +131,30 @@ def test_errors_are_one_line_not_a_traceback(metrics_dir: str) -> None:
          garbage], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline() == "up\n"
-        cases = [
-            ((stale,), "stale metrics socket"),
-            (("999999999",), "stale metrics socket"),
-            ((garbage,), "does not speak the kcoro metrics protocol"),
-            ((os.path.join(metrics_dir, "none.sock"),), "no such socket"),
-            (("999999998",), "no process 999999998"),
-            ((str(os.getpid()), "--once"), f"process {os.getpid()} is not serving"),
-        ]
-        for args, msg in cases:
-            r = _cli(*args, "--once", env=env)
+        # through the real entry point (`python -m kcoro`): exit status and stderr only
+        for args, msg in [((garbage, "--once"), "does not speak the kcoro metrics protocol"),
+                          (("999999999",), "stale metrics socket")]:  # live view: target first
+            r = _cli(*args, env=env)
             assert r.returncode == 1, (args, r.stderr)
-            assert msg in r.stderr, (args, r.stderr)
-            assert "Traceback" not in r.stderr
+            assert msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
             assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         server.wait(timeout=30)
-        r = _cli("999999999", env=env)  # the live view checks the target first
-        assert r.returncode == 1 and "stale metrics socket" in r.stderr
-        kcoro.metrics.serve()
-        r = _cli(str(os.getpid()), env=env)  # a good target, but no terminal for the live view
-        assert r.returncode == 1 and "needs a terminal" in r.stderr
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
+    # the same code in process, for the other cases
+    cases = [
+        ((stale, "--once"), "stale metrics socket"),
+        (("999999999", "--ndjson"), "stale metrics socket"),
+        ((os.path.join(metrics_dir, "none.sock"), "--once"), "no such socket"),
+        (("999999998", "--once", "--json"), "no process 999999998"),
+        ((str(os.getpid()), "--once"), f"process {os.getpid()} is not serving"),
+    ]
+    for args, msg in cases:
+        assert main(["top", *args]) == 1, args
+        err = capsys.readouterr().err
+        assert msg in err and len(err.strip().splitlines()) == 1, (args, err)
+    kcoro.metrics.serve()
+    r = _cli(str(os.getpid()), env=env)  # a good target, but no terminal for the live view
+    assert r.returncode == 1 and "needs a terminal" in r.stderr
