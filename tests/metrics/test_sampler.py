@@ -181,3 +181,27 @@ def test_sparkline() -> None:
     assert sparkline([0, 0]) == "▁▁"
     assert sparkline([1, 2, 4, 8]) == "▂▃▅█"
     assert len(sparkline(range(100), width=10)) == 10
+
+
+def test_a_channel_reusing_a_dead_ones_identity_starts_a_new_baseline() -> None:
+    book = RateBook()
+    book.update(_snap(1.0, _stats("a", 500, 500, 1_000_000_000)))
+    recs = book.update(_snap(2.0, _stats("a", 10, 10, 2_000_000_000)))  # counters went back
+    assert [r["type"] for r in recs] == ["tokens"]  # a baseline, not a negative rate
+    recs = book.update(_snap(3.0, _stats("a", 30, 30, 3_000_000_000)))
+    (a,) = [r for r in recs if r["type"] == "channel"]
+    assert a["packets_per_s"] == pytest.approx(20.0)
+
+
+def test_the_library_does_not_import_the_monitor_dependencies() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, kcoro, kcoro.metrics, kcoro.metrics.client, kcoro.cli; "
+            "kcoro.metrics.snapshot(); "
+            "print(sorted(m for m in ('textual', 'prometheus_client', 'rich') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

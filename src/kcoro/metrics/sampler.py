@@ -73,7 +73,9 @@ class ChannelTrack:
     def update(self, curr: ChannelStats, alpha: float = EMA_ALPHA) -> ChannelRate | None:
         """Advance to ``curr``; the first snapshot of a channel is only a baseline (None):
         rates need two snapshots of known times."""
-        if self.prev is None:
+        prev = self.prev
+        if prev is None or curr.sends < prev.sends or curr.recvs < prev.recvs:
+            # first sight, or a new channel that reuses a dead one's identity and name
             self.prev = self.last = curr
             return None
         r = stats_rate(self.prev, curr)
