@@ -21,6 +21,7 @@ is one more kind of parked waiter, registered in several queues at once).
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 
 import kcoro
 from conftest import scaled
+from kcoro._runtime import current_runtime
 from kcoro.testing import MockClock, wait_all_tasks_blocked
 
 # name -> (capacity, overflow, model capacity, model drop policy)
@@ -47,6 +49,8 @@ KINDS: dict[str, tuple[Any, kcoro.Overflow, float, str]] = {
     # a rendezvous channel with a drop policy is a size-1 dropping buffer (API.md / kotlinx)
     "rendezvous_drop_latest": (kcoro.RENDEZVOUS, kcoro.DROP_LATEST, 1, "latest"),
 }
+
+STUCK_AFTER = 60.0  # seconds of real time for one history (normally a few milliseconds)
 
 # How a spawned operation can be interrupted while parked.
 HOWS = ("plain", "timeout", "scope", "fail_after", "token", "dead_token", "dead_scope")
@@ -337,6 +341,23 @@ async def step_cancel(env: Env) -> None:
     env.ch.cancel()
 
 
+async def step_then_cancel(env: Env, first: str, idx: int, via: str) -> None:
+    """A completion racing a cancellation, deterministically: ``first`` (which may complete a
+    parked operation) and, before any task runs, the cancellation of a task that was parked.
+    The abort contract says the completion wins; the model only interrupts what is still
+    parked."""
+    tid = env.pick(sorted(env.m.parked), idx)
+    await OPS[first][1](env)
+    if tid is None:
+        return
+    if via == "token" and tid in env.tokens:
+        env.m.interrupt(tid, raised("OperationCancelled"))
+        env.tokens[tid].cancel("race")
+    else:
+        env.m.interrupt(tid, raised("Cancelled"))
+        env.tasks[tid].cancel()
+
+
 _hows = st.sampled_from(("plain", "plain", *HOWS))  # plain ops are the common case
 _delays = st.sampled_from([0.5, 1.5, 2.5, 4.5])  # deadlines never coincide with jumps
 _idx = st.integers(0, 63)
@@ -351,6 +372,9 @@ OPS: dict[str, tuple[st.SearchStrategy[tuple[Any, ...]], Step]] = {
     "advance": (st.tuples(st.integers(1, 3)), step_advance),
     "close": (st.just(()), step_close),
     "cancel": (st.just(()), step_cancel),
+    "then_cancel": (st.tuples(st.sampled_from(["try_recv", "try_send", "close", "cancel"]),
+                              st.integers(0, 3), st.sampled_from(["task", "token"])),
+                    step_then_cancel),
 }
 
 # close/cancel end most interesting histories, so they are drawn less often.
@@ -399,13 +423,24 @@ def run_history(kind: str, history: list[tuple[str, tuple[Any, ...]]],
                 ops: dict[str, tuple[st.SearchStrategy[tuple[Any, ...]], Step]] = OPS) -> None:
     capacity, overflow, mcap, mdrop = KINDS[kind]
     clock = MockClock()  # moves only on clock.jump()
+    log: list[str] = []
+
+    def stuck() -> None:
+        raise AssertionError(f"model run stuck: a parked task can no longer be woken or "
+                             f"cancelled; history: {log}")
 
     async def main() -> None:
+        # Fail instead of hanging if a lost wake-up leaves a task parked forever (the runtime
+        # would otherwise sleep in its selector at teardown).
+        watchdog.append(threading.Timer(STUCK_AFTER, current_runtime().call_soon_threadsafe,
+                                        (stuck,)))
+        watchdog[0].daemon = True
+        watchdog[0].start()
         undelivered: list[Any] = []
         ch: kcoro.Channel[Any] = kcoro.Channel(capacity, overflow=overflow,
                                                on_undelivered=undelivered.append,
                                                name=f"model-{kind}")
-        env = Env(ch, ChannelModel(mcap, mdrop), clock, undelivered)
+        env = Env(ch, ChannelModel(mcap, mdrop), clock, undelivered, log=log)
         for name, args in history:
             env.log.append(f"{name}{args}")
             await ops[name][1](env, *args)
@@ -426,8 +461,18 @@ def run_history(kind: str, history: list[tuple[str, tuple[Any, ...]]],
         await wait_all_tasks_blocked()
         assert real == model, f"drained {real}, model {model}; history: {env.log}"
         compare(env, "drain")
+        for task in env.tasks.values():
+            task.cancel()
+        await wait_all_tasks_blocked()
+        stuck_tasks = [t for t in env.tasks.values() if not t.done()]
+        assert not stuck_tasks, f"tasks survive cancellation: {stuck_tasks}; history: {log}"
 
-    kcoro.run(main, clock=clock)
+    watchdog: list[threading.Timer] = []
+    try:
+        kcoro.run(main, clock=clock)
+    finally:
+        for w in watchdog:
+            w.cancel()
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
