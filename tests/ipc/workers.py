@@ -102,3 +102,8 @@ def connect_and_send(path: str, item: Any) -> None:
 def echo_blocking(inp: ipc.Channel[Any], out: ipc.Channel[Any], n: int) -> None:
     for _ in range(n):
         out.send_blocking(inp.recv_blocking())
+
+
+def attach_and_sleep(ch: ipc.Channel[Any]) -> None:
+    ch.check_invariants()  # attaches this process
+    time.sleep(3600)

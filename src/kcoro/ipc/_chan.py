@@ -190,6 +190,7 @@ class Channel(Generic[T]):
         self._bell.setblocking(False)
         _live.add(self)
         io = io_thread()
+        io.ticks.add(self._tick)  # before the wake-up below, so the next poll has a timeout
         io.add(self._bell.fileno(), self._on_bell)
         io.call(self._scan_peers)
         # tell the others a process joined (they start watching it)
@@ -246,6 +247,10 @@ class Channel(Generic[T]):
         self._r.clear_bell()
         self._wake_local()
         if self._r._get64(64) != self._epoch:
+            self._scan_peers()
+
+    def _tick(self) -> None:
+        if self._r.slot >= 0 and self._r._get64(64) != self._epoch:
             self._scan_peers()
 
     def _scan_peers(self) -> None:
@@ -1058,6 +1063,7 @@ class Channel(Generic[T]):
             return
         self._r.detach()
         io = io_thread()
+        io.ticks.discard(self._tick)
         io.remove(self._bell.fileno())
         for _, pfd in self._peers.values():
             io.remove(pfd, close=True)

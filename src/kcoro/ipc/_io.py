@@ -10,6 +10,10 @@ wakes the local waiters, who then re-check the channel under the lock.  So eithe
 the change or the waker sees the armed flag: no wake-up is lost, and an idle process sleeps in
 ``poll`` (no CPU).
 
+A once-a-second tick (only while channels are attached; one u64 read per channel) rescans
+membership when its epoch changed: it catches a peer that died after claiming its slot but
+before announcing itself.
+
 Deaths: for every LIVE peer slot the thread holds a pidfd (Linux 5.3+), which becomes readable
 when the process exits; the slot's liveness lock confirms it (kernel-released, so pid reuse cannot
 fool it), then ``Region.reap`` reclaims the dead process's resources under the channel lock, once.
@@ -34,6 +38,9 @@ log = logging.getLogger("kcoro.ipc")
 __all__ = ["IoThread", "io_thread", "ring_bell"]
 
 _send_sock: socket.socket | None = None
+# Safety net, once a second while a channel is attached: a peer that died between claiming its
+# slot and ringing us (so we never opened its pidfd) is found by comparing membership epochs.
+TICK_MS = 1000
 
 
 def ring_bell(name: bytes) -> None:
@@ -59,6 +66,7 @@ class IoThread:
         self._poll.register(self._ctl, select.POLLIN)
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._ops: deque[tuple[str, int, Any]] = deque()
+        self.ticks: set[Callable[[], None]] = set()  # run once a second while registered
         self.pid = os.getpid()
         self._thread = threading.Thread(target=self._run, name="kcoro-ipc-io", daemon=True)
         self._thread.start()
@@ -99,9 +107,12 @@ class IoThread:
     def _run(self) -> None:
         while True:
             try:
-                events = self._poll.poll()
+                events = self._poll.poll(TICK_MS if self.ticks else None)
             except InterruptedError:  # pragma: no cover
                 continue
+            if not events:
+                for fn in list(self.ticks):
+                    self._safe(fn)
             for fd, _ in events:
                 if fd == self._ctl:
                     try:
