@@ -15,6 +15,8 @@ function of its seed (one thread, mock time), so a failure message's seed reprod
 
 from __future__ import annotations
 
+import functools
+import gc
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,6 +55,8 @@ class Stress:
     ctg: kcoro.TaskGroup | None = None
     stop: bool = False
     midway: bool = False
+    arena: kcoro.Arena | None = None   # zero-copy runs: items travel as arena payloads
+    zfailed: int = 0                   # send_zref calls that raised (kcoro released the payload)
     actions: dict[str, int] = field(default_factory=dict)
 
     def count(self, what: str) -> None:
@@ -61,18 +65,21 @@ class Stress:
 
 async def attempt(s: Stress, mode: str, op: Callable[..., Awaitable[Any]],
                   try_op: Callable[[], Any]) -> tuple[bool, Any]:
-    """One operation under ``mode``: (True, value) if it completed, (False, None) if it was
-    interrupted (and so, by the atomicity policy, transferred nothing).  ``Cancelled`` of the
-    task itself propagates; ``ChannelClosed`` propagates."""
+    """One operation under ``mode``: (True, value) if it completed, (False, reason) if it was
+    interrupted (and so, by the atomicity policy, transferred nothing); reason is
+    ``"would_block"`` when nothing was even attempted (``try_*``, ``timeout=0``).  ``Cancelled``
+    of the task itself propagates; ``ChannelClosed`` propagates."""
     rng = s.rng
     if mode == "plain":
         return True, await op()
     if mode == "timeout":
         try:
             return True, await op(timeout=rng.choice(DELAYS))
-        except (TimeoutError, kcoro.WouldBlock):
+        except kcoro.WouldBlock:
+            return False, "would_block"
+        except TimeoutError:
             s.count("op timeout")
-            return False, None
+            return False, "timeout"
     if mode == "token":
         tok = kcoro.CancelToken()
         s.tokens.append(tok)
@@ -80,7 +87,7 @@ async def attempt(s: Stress, mode: str, op: Callable[..., Awaitable[Any]],
             return True, await op(cancel=tok)
         except kcoro.OperationCancelled:
             s.count("token fired")
-            return False, None
+            return False, "token"
         finally:
             s.tokens.remove(tok)
     if mode in ("scope", "shielded"):
@@ -93,7 +100,7 @@ async def attempt(s: Stress, mode: str, op: Callable[..., Awaitable[Any]],
             finally:
                 s.scopes.remove(scope)
         s.count("scope expired/cancelled")
-        return False, None
+        return False, "scope"
     if mode == "fail_after":
         try:
             with kcoro.fail_after(rng.choice(DELAYS[1:])) as scope:
@@ -104,14 +111,28 @@ async def attempt(s: Stress, mode: str, op: Callable[..., Awaitable[Any]],
                     s.scopes.remove(scope)
         except TimeoutError:
             s.count("fail_after")
-            return False, None
+            return False, "fail_after"
     assert mode == "try"
     try:
         v = try_op()
     except kcoro.WouldBlock:
-        await kcoro.checkpoint()
-        return False, None
+        return False, "would_block"
     return True, v
+
+
+def make_payload(s: Stress, item: int) -> kcoro.Payload:
+    assert s.arena is not None
+    p = s.arena.alloc(64)
+    p.view[:8] = item.to_bytes(8, "little")
+    p.view[8:] = bytes((item + k) & 0xFF for k in range(56))
+    return p
+
+
+def payload_item(p: kcoro.Payload) -> int:
+    """The item number a payload carries; its bytes must be intact."""
+    item = int.from_bytes(p.view[:8], "little")
+    assert bytes(p.view[8:]) == bytes((item + k) & 0xFF for k in range(56)), f"{p!r} corrupted"
+    return item
 
 
 async def producer(s: Stress) -> None:
@@ -120,16 +141,33 @@ async def producer(s: Stress) -> None:
         item = s.next_item
         s.next_item += 1
         mode = s.rng.choice(MODES)
+        if s.arena is None:
+            obj: Any = item
+            send, try_send = ch.send, ch.try_send
+        else:
+            obj = make_payload(s, item)
+            send, try_send = ch.send_zref, ch.try_send_zref
         try:
-            ok, accepted = await attempt(
-                s, mode, lambda item=item, **kw: ch.send(item, **kw),
-                lambda item=item: ch.try_send(item))
-        except kcoro.ChannelClosed:
-            return
+            ok, res = await attempt(s, mode, functools.partial(send, obj),
+                                    functools.partial(try_send, obj))
+        except (kcoro.ChannelClosed, kcoro.Cancelled) as exc:
+            if s.arena is not None:  # a raising send_zref releases the payload itself
+                assert obj.released, f"send_zref raised and leaked {obj!r}"
+                s.zfailed += 1
+            if isinstance(exc, kcoro.ChannelClosed):
+                return
+            raise
         # try_send returns False for a full DROP_LATEST channel: not accepted, not reported.
-        if ok and accepted is not False:
+        if ok and res is not False:
             s.sent.append(item)
-        if s.rng.random() < YIELD:
+        elif s.arena is not None:
+            if res == "would_block" or res is False:  # nothing happened: still the caller's
+                assert not obj.released
+                obj.release()
+            else:
+                assert obj.released, f"send_zref failed ({res}) and leaked {obj!r}"
+                s.zfailed += 1
+        if res == "would_block" or s.rng.random() < YIELD:
             await kcoro.checkpoint()  # let the chaos task in between operations
         if s.end.endswith("midway") and not s.midway and s.next_item >= s.total // 2:
             s.midway = True
@@ -139,27 +177,37 @@ async def producer(s: Stress) -> None:
                 ch.cancel()
 
 
+def take(s: Stress, v: Any) -> None:
+    if s.arena is None:
+        s.received.append(v)
+    else:
+        s.received.append(payload_item(v))
+        v.release()
+
+
 async def consumer(s: Stress) -> None:
     ch, rng = s.ch, s.rng
+    recv, try_recv = (ch.recv, ch.try_recv) if s.arena is None else \
+        (ch.recv_zref, ch.try_recv_zref)
     while True:
         mode = rng.choice(RECV_MODES)
         try:
             if mode == "iter":
                 n = rng.randrange(1, 5)
                 async for x in ch:
-                    s.received.append(x)
+                    take(s, x)
                     n -= 1
                     if not n:
                         break
                 else:
                     return
                 continue
-            ok, v = await attempt(s, mode, ch.recv, ch.try_recv)
+            ok, v = await attempt(s, mode, recv, try_recv)
         except kcoro.ChannelClosed:
             return
         if ok:
-            s.received.append(v)
-        if rng.random() < YIELD:
+            take(s, v)
+        if v == "would_block" or rng.random() < YIELD:
             await kcoro.checkpoint()
 
 
@@ -193,14 +241,20 @@ async def chaos(s: Stress) -> None:
             s.count("clock jump")
 
 
-def run_stress(kind: str, end: str, seed: str, total: int) -> Stress:
+def run_stress(kind: str, end: str, seed: str, total: int,
+               arena: kcoro.Arena | None = None) -> Stress:
     rng = random.Random(seed)
     clock = MockClock()  # only the chaos task moves it (a busy chaos task never lets it jump)
 
     async def main() -> Stress:
         undelivered: list[int] = []
-        s = Stress(rng, make(kind, undelivered.append), clock, total, end,
-                   undelivered=undelivered)
+
+        def report(x: Any) -> None:
+            # zero-copy: the handler sees the payload before kcoro releases it
+            undelivered.append(x if arena is None else payload_item(x))
+
+        s = Stress(rng, make(kind, report), clock, total, end, undelivered=undelivered,
+                   arena=arena)
         async with kcoro.TaskGroup() as outer:
             outer.spawn(chaos, s)
             async with kcoro.TaskGroup() as ctg:
@@ -249,3 +303,30 @@ def test_chaos_actually_interrupts_operations() -> None:
                  "token fired", "scope cancelled", "scope expired/cancelled", "op timeout",
                  "fail_after", "clock jump"):
         assert total.get(what, 0) > 0, f"{what!r} never happened: {total}"
+
+
+@pytest.mark.parametrize("end", ["close", "cancel_midway"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_random_cancellation_zero_copy_releases_every_payload_once(kind: str, end: str) -> None:
+    """Items travel as arena payloads (send_zref / recv_zref).  Besides conservation: every
+    payload is released exactly once -- by the receiver, by kcoro when send_zref raises, or by
+    kcoro after on_undelivered -- so the arena ends empty, and the zref counters add up."""
+    for rnd in range(scaled(2)):
+        seed = f"zref/{kind}/{end}/{rnd}"
+        arena = kcoro.Arena(1 << 20)
+        s = run_stress(kind, end, seed, total=400, arena=arena)
+        try:
+            assert_conserved(kind, s.sent, s.received, s.undelivered, s.ch,
+                             cancelled=end.startswith("cancel"))
+            gc.collect()
+            a = arena.stats()
+            assert (a.in_use, a.blocks) == (0, 0), f"payloads leaked: {a}"
+            assert a.allocs == a.frees == s.next_item
+            arena.check_invariants()
+            z = s.ch.zstats()
+            assert z["zref_sent"] == len(s.sent)
+            assert z["canceled"] + z["aborted_close"] == s.zfailed + len(s.undelivered), z
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed!r}: {exc}; chaos actions {s.actions}") from None
+        finally:
+            arena.close()
