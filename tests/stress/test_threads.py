@@ -167,9 +167,14 @@ async def aio_producer(p: Producers, tag: str, n: int, style: int) -> None:
                         await ch.send(item)
                     elif style == 1:
                         await ch.send(item, timeout=0.0005)
-                    elif not ch.try_send(item):
-                        await asyncio.sleep(0)
-                        continue
+                    elif style == 2:
+                        if not ch.try_send(item):
+                            await asyncio.sleep(0)
+                            continue
+                    else:
+                        # asyncio task cancellation racing a hand-off: a send that completed
+                        # is reported as sent (wait_for returns), else it did not happen
+                        await asyncio.wait_for(ch.send(item), 0.0005)
                 except (TimeoutError, kcoro.WouldBlock):
                     await asyncio.sleep(0)
                     continue
@@ -186,8 +191,13 @@ async def aio_consumer(ch: kcoro.Channel[Any], got: list[Any], style: int) -> No
                 got.append(await ch.recv())
             elif style == 1:
                 got.append(await ch.recv(timeout=0.0005))
-            else:
+            elif style == 2:
                 got.append(ch.try_recv())
+            elif style == 3:
+                got.append(await asyncio.wait_for(ch.recv(), 0.0005))
+            else:
+                async with asyncio.timeout(0.0005):
+                    got.append(await ch.recv())
         except (TimeoutError, kcoro.WouldBlock):
             await asyncio.sleep(0)
         except kcoro.ChannelClosed:
@@ -199,8 +209,8 @@ def aio_thread(p: Producers, n: int, nprod: int, ncons: int,
     async def main() -> None:
         async with asyncio.timeout(LIMIT):
             await asyncio.gather(
-                *(aio_producer(p, f"aio{k}", n, k % 3) for k in range(nprod)),
-                *(aio_consumer(p.ch, got[k], k % 3) for k in range(ncons)))
+                *(aio_producer(p, f"aio{k}", n, k % 4) for k in range(nprod)),
+                *(aio_consumer(p.ch, got[k], k % 5) for k in range(ncons)))
 
     return start(asyncio.run, main())
 
@@ -254,17 +264,17 @@ def test_tasks_produce_threads_consume(kind: str) -> None:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_threads_asyncio_and_kcoro_share_one_channel(kind: str) -> None:
-    """Producers and consumers in three contexts at once, with timeouts racing hand-offs across
-    threads.  (asyncio *task* cancellation racing a hand-off is pinned down deterministically
-    in test_asyncio_races.py.)"""
+    """Producers and consumers in three contexts at once, with timeouts and asyncio task
+    cancellation (``wait_for``, ``asyncio.timeout``) racing hand-offs across threads (the
+    deterministic reductions are in test_asyncio_races.py)."""
     n = scaled(500)
     undelivered: list[Any] = []
     ch = make(kind, undelivered.append)
-    p = Producers(ch, 2 + 3 + 2)
-    got: list[list[Any]] = [[] for _ in range(2 + 3 + 3)]
+    p = Producers(ch, 2 + 4 + 2)
+    got: list[list[Any]] = [[] for _ in range(2 + 5 + 3)]
     threads = [start(thread_producer, p, f"t{k}", n, k) for k in range(2)]
     threads += [start(thread_consumer, ch, got[k], k + 1) for k in range(2)]
-    threads.append(aio_thread(p, n, 3, 3, got[2:5]))
+    threads.append(aio_thread(p, n, 4, 5, got[2:7]))
 
     async def main() -> None:
         with kcoro.fail_after(LIMIT):
@@ -272,11 +282,11 @@ def test_threads_asyncio_and_kcoro_share_one_channel(kind: str) -> None:
                 for k in range(2):
                     tg.spawn(task_producer, p, f"k{k}", n, k)
                 for k in range(3):
-                    tg.spawn(task_consumer, ch, got[5 + k], k)
+                    tg.spawn(task_consumer, ch, got[7 + k], k)
 
     kcoro.run(main)
     join_all(threads)
-    assert len(p.sent) == 7 * n
+    assert len(p.sent) == 8 * n
     assert_conserved(kind, p.sent, received_of(got), undelivered, ch)
     assert ch.closed_for_recv
 
