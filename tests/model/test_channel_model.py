@@ -91,6 +91,7 @@ class ChannelModel:
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     sends: int = 0
     recvs: int = 0
+    peak: int = 0
     now: float = 0.0
 
     def finish(self, tid: int, outcome: Outcome) -> None:
@@ -109,6 +110,7 @@ class ChannelModel:
             return "ok"
         if len(self.buf) < self.cap:
             self.buf.append(item)
+            self.peak = max(self.peak, len(self.buf))
             self.sends += 1
             return "ok"
         if self.drop == "oldest":
@@ -407,12 +409,12 @@ def compare(env: Env, where: str) -> None:
     assert env.undelivered == m.undelivered, f"undelivered differ {ctx}"
     assert len(ch) == len(m.buf), f"len {len(ch)} != model {len(m.buf)} {ctx}"
     s = ch.stats()
-    got = (s.buffered, s.waiting_senders, s.waiting_receivers, s.closed_for_send,
+    got = (s.buffered, s.peak, s.waiting_senders, s.waiting_receivers, s.closed_for_send,
            s.closed_for_recv, s.sends, s.recvs, s.undelivered)
-    expect = (len(m.buf), len(m.sendq), len(m.recvq), m.closed, m.closed and not m.buf,
-              m.sends, m.recvs, len(m.undelivered))
+    expect = (len(m.buf), m.peak, len(m.sendq), len(m.recvq), m.closed,
+              m.closed and not m.buf, m.sends, m.recvs, len(m.undelivered))
     assert got == expect, (
-        f"stats (buffered, waiting_senders, waiting_receivers, closed_for_send, "
+        f"stats (buffered, peak, waiting_senders, waiting_receivers, closed_for_send, "
         f"closed_for_recv, sends, recvs, undelivered) {got} != model {expect} {ctx}")
     assert ch.closed_for_send == m.closed and ch.closed_for_recv == (m.closed and not m.buf)
     # conservation: everything accepted is received, reported, or still buffered
