@@ -54,10 +54,20 @@ class Workload:
     path: str
 
     def stop(self) -> None:
-        """The handshake: closing stdin makes the workload exit."""
+        """The handshake: closing stdin makes the workload exit.  If it does not, fail with what
+        its tasks are parked on (read with `kcoro top --once`) instead of leaving it behind."""
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dump = subprocess.run([sys.executable, "-m", "kcoro", "top", str(self.pid), "--once"],
+                                  capture_output=True, text=True, timeout=60)
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the workload did not exit after its stdin closed (its "
+                                 f"TaskGroup never finished); it showed:\n{dump.stdout}"
+                                 f"{dump.stderr}") from None
 
 
 def start_workload(metrics_dir: str, *args: str) -> Workload:
@@ -76,6 +86,8 @@ def start_workload(metrics_dir: str, *args: str) -> Workload:
 @pytest.fixture
 def workload(metrics_dir: str) -> Iterator[Workload]:
     w = start_workload(metrics_dir)
-    yield w
-    if w.proc.poll() is None:
-        w.stop()
+    try:
+        yield w
+    finally:
+        if w.proc.poll() is None:
+            w.stop()

@@ -330,3 +330,15 @@ def test_a_forked_child_does_not_inherit_the_server(metrics_dir: str) -> None:
         with client.connect(os.getpid()) as conn:
             assert conn.pid == os.getpid()
         kcoro.metrics.stop()
+
+
+def test_default_directory_is_a_private_metrics_subdirectory(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    xdg = str(tmp_path)
+    monkeypatch.delenv("KCORO_METRICS_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
+    d = kcoro.metrics.runtime_dir(create=True)
+    assert d == os.path.join(xdg, "kcoro", "metrics")
+    for part in (os.path.dirname(d), d):
+        assert stat.S_IMODE(os.stat(part).st_mode) == 0o700
+    assert kcoro.metrics.socket_path_for(42) == os.path.join(d, "42.sock")

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Static
 
@@ -104,6 +105,8 @@ class TopApp(App[None]):
     TITLE = "kcoro top"
     CSS = """
     #status { height: 1; background: $boost; padding: 0 1; }
+    #views { height: 1fr; }
+    #channels-view { height: 1fr; }
     #channels { height: 1fr; }
     #tokens { height: auto; padding: 0 1; }
     #arenas { height: auto; max-height: 8; }
@@ -205,10 +208,13 @@ class TopApp(App[None]):
         self._dirty = True
 
     def _tick(self) -> None:
-        if self._dirty and not self.paused:
-            self._dirty = False
-            self.redraw()
-        self._draw_status()
+        try:
+            if self._dirty and not self.paused:
+                self._dirty = False
+                self.redraw()
+            self._draw_status()
+        except NoMatches:  # the app is shutting down: its widgets are gone
+            pass
 
     # -- drawing ---------------------------------------------------------------------------------
     def _draw_status(self) -> None:

@@ -3,8 +3,11 @@
 Sockets live in one owner-only directory per user:
 
 * ``$KCORO_METRICS_DIR`` if set (tests and unusual setups);
-* else ``$XDG_RUNTIME_DIR/kcoro`` when the runtime directory exists (it is per-user, 0700);
-* else ``/tmp/kcoro-<uid>``.
+* else ``$XDG_RUNTIME_DIR/kcoro/metrics`` when the runtime directory exists (it is per-user);
+* else ``/tmp/kcoro-<uid>/metrics``.
+
+(``kcoro.ipc`` keeps its rendezvous sockets in the parent ``kcoro`` directory; the ``metrics``
+subdirectory keeps the two apart.)
 
 Each serving process binds ``<dir>/<pid>.sock`` (mode 0600).  The directory is created with mode
 0700 and refused if another user owns it or others can write to it: a monitor must not connect to a
@@ -28,18 +31,22 @@ class UnsafeDirectory(OSError):
 def runtime_dir(create: bool = False) -> str:
     """The per-user directory holding metrics sockets (created 0700 when ``create``)."""
     d = os.environ.get("KCORO_METRICS_DIR")
+    chain = [d] if d else []
     if not d:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         if xdg and os.path.isdir(xdg):
-            d = os.path.join(xdg, "kcoro")
+            base = os.path.join(xdg, "kcoro")
         else:
-            d = os.path.join(tempfile.gettempdir(), f"kcoro-{os.getuid()}")
-    if create:
-        try:
-            os.mkdir(d, 0o700)
-        except FileExistsError:
-            pass
-    check_dir(d)
+            base = os.path.join(tempfile.gettempdir(), f"kcoro-{os.getuid()}")
+        d = os.path.join(base, "metrics")
+        chain = [base, d]
+    for part in chain:
+        if create:
+            try:
+                os.mkdir(part, 0o700)
+            except FileExistsError:
+                pass
+        check_dir(part)
     return d
 
 
