@@ -129,13 +129,22 @@ def _versions() -> dict[str, str | None]:
 
 
 def _git_commit() -> str | None:
-    here = os.path.dirname(os.path.abspath(__file__))
+    """The commit of the kcoro being measured, "+dirty" when its sources differ from it.
+    ``KCORO_BENCH_COMMIT`` names it when the sources are an export outside the repository."""
+    if os.environ.get("KCORO_BENCH_COMMIT"):
+        return os.environ["KCORO_BENCH_COMMIT"]
+    src = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
-        r = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+        r = subprocess.run(["git", "-C", src, "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True, timeout=10, check=False)
+        d = subprocess.run(["git", "-C", src, "status", "--porcelain", "--", "."],
                            capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return r.stdout.strip() or None
+    commit = r.stdout.strip()
+    if not commit or r.returncode:
+        return None
+    return commit + ("+dirty" if d.stdout.strip() else "")
 
 
 def _cpu_model() -> str:
