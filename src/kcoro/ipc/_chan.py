@@ -27,6 +27,8 @@ import asyncio
 import atexit
 import functools
 import os
+import select
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from multiprocessing import reduction, util
@@ -91,6 +93,11 @@ T = TypeVar("T")
 __all__ = ["UNLIMITED_SLOTS", "Channel", "PeerDied"]
 
 UNLIMITED_SLOTS = 65536
+# Before parking, a waiter in a thread (or a kcoro task with nothing else ready) watches the
+# shared region this long: a partner that answers quickly is seen without any syscall on either
+# side.  Then it arms and sleeps on its doorbell (no CPU while idle).
+SPIN_NS = int(float(os.environ.get("KCORO_IPC_SPIN_US", "50")) * 1000)
+_perf_ns = time.perf_counter_ns
 _DROP = {SUSPEND: 0, DROP_OLDEST: 1, DROP_LATEST: 2}
 _PID = [os.getpid()]
 
@@ -130,11 +137,14 @@ class _Msg:
 
 
 class _Op:
-    __slots__ = ("armed_r", "armed_s", "cell")
+    __slots__ = ("armed_r", "armed_s", "cell", "direct", "noarm", "spin_end")
 
     def __init__(self) -> None:
         self.armed_r = self.armed_s = 0
         self.cell = -1
+        self.noarm = False  # spinning: do not arm (nobody needs to ring us yet)
+        self.spin_end = 0
+        self.direct = False  # this thread polls the direct bell itself (the leader)
 
 
 class Channel(Generic[T]):
@@ -188,6 +198,13 @@ class Channel(Generic[T]):
         self._bell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._bell.bind(r.bell_name(r.slot, r.nonce))
         self._bell.setblocking(False)
+        # the direct bell: one thread at a time (the leader) polls it itself
+        self._dbell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._dbell.bind(r.bell_name(r.slot, r.nonce) + b"-d")
+        self._dbell.setblocking(False)
+        self._dpoll = select.poll()
+        self._dpoll.register(self._dbell.fileno(), select.POLLIN)
+        self._leader = threading.Lock()
         _live.add(self)
         io = io_thread()
         io.ticks.add(self._tick)  # before the wake-up below, so the next poll has a timeout
@@ -263,7 +280,7 @@ class Channel(Generic[T]):
         for s, (pid, pfd) in list(self._peers.items()):
             if live.get(s) != pid:
                 del self._peers[s]
-                io.remove(pfd, close=True)
+                io.unregister(pfd, close=True)
         for s, pid in live.items():
             if s in self._peers:
                 continue
@@ -273,7 +290,7 @@ class Channel(Generic[T]):
                 self._reap(s, pid)
                 continue
             self._peers[s] = (pid, pfd)
-            io.add(pfd, functools.partial(self._on_pidfd_cb, s, pid))
+            io.register(pfd, functools.partial(self._on_pidfd_cb, s, pid))
             if not r._alive(s):
                 self._on_pidfd(pfd, s, pid)
 
@@ -281,9 +298,10 @@ class Channel(Generic[T]):
         self._on_pidfd(fd, s, pid)
 
     def _on_pidfd(self, fd: int, s: int, pid: int) -> None:
+        """On the I/O thread (as every change to ``_peers``)."""
         if self._peers.get(s, (0, 0))[1] == fd:
             del self._peers[s]
-            io_thread().remove(fd, close=True)
+            io_thread().unregister(fd, close=True)
         self._reap(s, pid)
 
     def _reap(self, s: int, pid: int) -> None:
@@ -310,7 +328,7 @@ class Channel(Generic[T]):
     async def _run(self, attempt: Callable[[_Op, bool], tuple[int, Any]], timeout: float | None,
                    cancel: Any, what: str) -> tuple[int, Any]:
         """Drive ``attempt`` until it does not ask to wait, parking between tries."""
-        ctx = context()
+        ctx: Any = context()
         if type(ctx) is Task and ctx._scope._eff:
             from .._errors import Cancelled
 
@@ -318,11 +336,18 @@ class Channel(Generic[T]):
         self._ensure()
         deadline = None if timeout is None else time.monotonic() + timeout
         op = _Op()
+        spin = type(ctx) is Task and SPIN_NS > 0
+        op.noarm = spin and not ctx._rt._ready
+        op.spin_end = _perf_ns() + SPIN_NS
         while True:
             gen = self._wake_gen
             st, val = attempt(op, False)
             if st != _WAIT:
                 return st, val
+            if op.noarm:
+                if self._spin(op.spin_end) or ctx._rt._ready:
+                    op.noarm = False
+                continue
             t = internal_ticket(waker_for(ctx))
             if not self._wait_on(t, gen):
                 continue
@@ -330,6 +355,9 @@ class Channel(Generic[T]):
                 ctx._on = self
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             await _park_with_token(t, ctx, left, cancel, False)
+            if spin and t._state != CANCELLED and not ctx._rt._ready:
+                op.noarm = True
+                op.spin_end = _perf_ns() + SPIN_NS
             if t._state == CANCELLED:
                 self._unwait(t)
                 st, val = attempt(op, True)  # give up: withdraw, unless it already completed
@@ -347,11 +375,39 @@ class Channel(Generic[T]):
         self._ensure()
         deadline = None if timeout is None else time.monotonic() + timeout
         op = _Op()
+        op.noarm = SPIN_NS > 0
+        op.spin_end = _perf_ns() + SPIN_NS
+        try:
+            return self._blocking_loop(op, attempt, deadline, cancel, what)
+        finally:
+            if op.direct:
+                self._leader.release()
+
+    def _blocking_loop(self, op: _Op, attempt: Callable[[_Op, bool], tuple[int, Any]],
+                       deadline: float | None, cancel: Any, what: str) -> tuple[int, Any]:
         while True:
             gen = self._wake_gen
             st, val = attempt(op, False)
             if st != _WAIT:
                 return st, val
+            if op.noarm:
+                if self._spin(op.spin_end):
+                    op.noarm = False
+                continue
+            if op.direct:  # the leader: sleep on the direct bell (one wake-up, no I/O thread)
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self._poll_direct(left):
+                    st, val = attempt(op, True)  # timed out: disarm (an offer is withdrawn)
+                    if st == _WAIT:
+                        raise make_timeout(what)
+                    return st, val
+                if SPIN_NS > 0:
+                    op.noarm = True
+                    op.spin_end = _perf_ns() + SPIN_NS
+                continue
+            if cancel is None and self._leader.acquire(False):
+                op.direct = True
+                continue  # re-attempt, arming the direct bell
             t = internal_ticket(thread_waker())
             if not self._wait_on(t, gen):
                 continue
@@ -363,12 +419,38 @@ class Channel(Generic[T]):
             finally:
                 if cancel is not None:
                     cancel._unwatch(t)
+            if SPIN_NS > 0 and t._state != CANCELLED:
+                op.noarm = True
+                op.spin_end = _perf_ns() + SPIN_NS
             if t._state == CANCELLED:
                 self._unwait(t)
                 st, val = attempt(op, True)
                 if st == _WAIT:
                     raise error_for(t, None, what)
                 return st, val
+
+    def _poll_direct(self, timeout: float | None) -> bool:
+        """Sleep on the direct bell; False on timeout.  The bell's pending flag is cleared
+        before draining, so a ring that comes after our next attempt is never lost."""
+        ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        ready = self._dpoll.poll(ms)
+        self._r.clear_direct_bell()
+        try:
+            while True:
+                self._dbell.recv(64)
+        except OSError:
+            pass
+        return bool(ready) or timeout is None
+
+    def _spin(self, end: int) -> bool:
+        """Watch the region for a change until ``end`` (no syscall, nobody rings us).
+        True if the time is up: the caller then arms and parks."""
+        h64 = self._r.h64
+        seq = h64[17]  # H_SEQ
+        while h64[17] == seq:
+            if _perf_ns() > end:
+                return True
+        return False
 
     def _unwait(self, t: Ticket) -> None:
         _klock.acquire()
@@ -484,7 +566,7 @@ class Channel(Generic[T]):
             r.enter()
             try:
                 if op.armed_s:
-                    r.arm(0, -1)
+                    r.arm(0, -1, op.armed_s == 2)
                     op.armed_s = 0
                 st = self._send_locked(m, op, giving_up, try_only, wake, evicted)
             finally:
@@ -520,6 +602,9 @@ class Channel(Generic[T]):
                 op.cell = -1
                 self._unqueue(m)
                 return _WAIT
+            if not op.noarm:
+                r.arm(0, 1, op.direct)
+                op.armed_s = 2 if op.direct else 1
             return _WAIT
         if giving_up:
             return _WAIT
@@ -533,8 +618,9 @@ class Channel(Generic[T]):
                 if try_only:
                     r.count("send_would_block")
                     return _WOULD_BLOCK
-                r.arm(0, 1)
-                op.armed_s = 1
+                if not op.noarm:
+                    r.arm(0, 1, op.direct)
+                    op.armed_s = 2 if op.direct else 1
                 return _WAIT
             m.idx, m.gen = i, a._m.gen[i]
             self._fill(m)
@@ -563,8 +649,9 @@ class Channel(Generic[T]):
             if try_only:
                 r.count("send_would_block")
                 return _WOULD_BLOCK
-            r.arm(0, 1)
-            op.armed_s = 1
+            if not op.noarm:
+                r.arm(0, 1, op.direct)
+                op.armed_s = 2 if op.direct else 1
             return _WAIT
         if try_only:
             # rendezvous / full buffer: succeed only if a receiver is parked for it
@@ -575,11 +662,15 @@ class Channel(Generic[T]):
             return _WOULD_BLOCK
         c = r.cell_alloc()
         if c < 0:
-            r.arm(0, 1)
-            op.armed_s = 1
+            if not op.noarm:
+                r.arm(0, 1, op.direct)
+                op.armed_s = 2 if op.direct else 1
             return _WAIT
         op.cell = c
         self._append(m, tail, c, wake, count=False)
+        if not op.noarm:
+            r.arm(0, 1, op.direct)
+            op.armed_s = 2 if op.direct else 1
         return _WAIT
 
     def _fill(self, m: _Msg) -> None:
@@ -656,7 +747,7 @@ class Channel(Generic[T]):
             r.enter()
             try:
                 if op.armed_r:
-                    r.arm(-1, 0)
+                    r.arm(-1, 0, op.armed_r == 2)
                     op.armed_r = 0
                 if giving_up:
                     return _WAIT, None
@@ -698,8 +789,10 @@ class Channel(Generic[T]):
         if try_only:
             r.c64[_C_RECV_WB] += 1
             return _WOULD_BLOCK, None
-        r.arm(1, 0)
-        op.armed_r = 1
+        if op.noarm:
+            return _WAIT, None
+        r.arm(1, 0, op.direct)
+        op.armed_r = 2 if op.direct else 1
         return _WAIT, None
 
     def _hold(self, e: Entry) -> bool:
@@ -950,9 +1043,7 @@ class Channel(Generic[T]):
             if r.flags & F_CANCELLED:
                 return
             r._set32(56, r.flags | F_CANCELLED)
-            wake = r._close_locked() if not r.flags & F_CLOSED else []
-            if not wake:
-                wake = r._close_locked()
+            wake = r._close_locked()  # pending offers fail (their senders keep them)
             n = 0
             while r.tail > r.head:
                 e = r.read_entry(r.head)
@@ -1064,11 +1155,18 @@ class Channel(Generic[T]):
         self._r.detach()
         io = io_thread()
         io.ticks.discard(self._tick)
-        io.remove(self._bell.fileno())
-        for _, pfd in self._peers.values():
-            io.remove(pfd, close=True)
-        self._peers.clear()
+        io.call(functools.partial(self._io_detach, io))
         _live.discard(self)
+
+    def _io_detach(self, io: Any) -> None:
+        """On the I/O thread: stop watching our bells and peers, close them."""
+        io.unregister(self._bell.fileno())
+        for _, pfd in self._peers.values():
+            io.unregister(pfd, close=True)
+        self._peers.clear()
+        self._bell.close()
+        self._dbell.close()
+        self._r.close_fds()
 
     def __repr__(self) -> str:
         r = self._r

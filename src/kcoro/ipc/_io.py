@@ -79,6 +79,19 @@ class IoThread:
         self._ops.append(("remove", fd, close))
         os.eventfd_write(self._ctl, 1)
 
+    # -- synchronous forms, for handlers running on the I/O thread itself ------------------
+    def register(self, fd: int, handler: Callable[[int], None]) -> None:
+        self._handlers[fd] = handler
+        self._poll.register(fd, select.POLLIN)
+
+    def unregister(self, fd: int, close: bool = False) -> None:
+        """Stop watching ``fd`` (and close it) -- only if it is registered, so a number that
+        was already closed and reused is never closed twice."""
+        if self._handlers.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+            if close:
+                os.close(fd)
+
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the I/O thread."""
         self._ops.append(("call", -1, fn))

@@ -68,6 +68,8 @@ H_MAGIC, H_VERSION, H_KIND, H_CAP, H_DROP, H_RING_N = 0, 8, 12, 16, 24, 32
 H_HEAD, H_TAIL, H_FLAGS, H_POLICY, H_EPOCH, H_DIRTY = 40, 48, 56, 60, 64, 72
 H_DEADPID = 76
 H_ARMR_TOTAL, H_ARMS_TOTAL = 128, 132
+H_SEQ = 136  # u64 bumped at the end of every locked section
+DIRECT = 0x100  # in a list of bells to ring: the slot's direct bell
 F_PIN, F_ACKED = 1, 2  # arena block flags; bits 2.. = pinning slot + 1
 H_UUID, H_ARENA_OFF, H_ARENA_CAP, H_ARENA_MB, H_TOTAL = 80, 96, 104, 112, 120
 H_NAME = 256  # 128 bytes
@@ -86,6 +88,7 @@ CI = {name: i for i, name in enumerate(COUNTERS)}
 # process-table entry: state u32, pid u32, nonce u64, armed_recv u32, armed_send u32,
 # bell u32 (a doorbell is pending), nheld u32, then cells u32[NCELL], ledger (u32 idx, u32 gen)
 P_STATE, P_PID, P_NONCE, P_ARMR, P_ARMS, P_BELL, P_NHELD = 0, 4, 8, 16, 20, 24, 28
+P_ARMDR, P_ARMDS, P_BELLD = 32, 36, 40  # direct waiters (a thread polling the direct bell)
 P_CELLS = 64
 P_LEDGER = P_CELLS + 4 * NCELL
 S_FREE, S_LIVE = 0, 1
@@ -276,6 +279,7 @@ class Region:
         h32[18] = self.slot + 1
 
     def _xunlock(self) -> None:
+        self.h64[17] += 1  # H_SEQ: every section is a change spinners can see
         self.h32[18] = 0
         _flock(self._ofd, _LOCK_UN)
 
@@ -372,45 +376,65 @@ class Region:
 
     # -- doorbells ------------------------------------------------------------------------------
     def _armed_slots(self, recv: bool, send: bool) -> list[int]:
-        """Slots to ring (lock held): LIVE slots with armed waiters whose bell is not pending."""
+        """Bells to ring (lock held) for LIVE slots with armed waiters of that side whose bell
+        is not pending.  ``s`` is the slot's I/O-thread bell, ``s | DIRECT`` its direct bell
+        (a thread waiting on it in ``poll``)."""
         out: list[int] = []
+        p32 = self.p32
         for s in range(MAXPROC):
-            b = self._pbase(s)
-            if self._get32(b + P_STATE) != S_LIVE:
+            b = s * 256
+            if p32[b] != S_LIVE:
                 continue
-            if (recv and self._get32(b + P_ARMR)) or (send and self._get32(b + P_ARMS)):
-                self._want_ring(s, out)
+            if ((recv and p32[b + 4]) or (send and p32[b + 5])) and not p32[b + 6]:
+                p32[b + 6] = 1
+                out.append(s)
+            if ((recv and p32[b + 8]) or (send and p32[b + 9])) and not p32[b + 10]:
+                p32[b + 10] = 1
+                out.append(s | DIRECT)
         return out
 
     def _want_ring(self, s: int, out: list[int]) -> None:
-        b = self._pbase(s)
-        if not self._get32(b + P_BELL):
-            self._set32(b + P_BELL, 1)
+        """Ring slot ``s`` if it has parked (armed) waiters and no doorbell is pending.  A
+        process that is only spinning is not armed: it sees the change through ``H_SEQ``."""
+        p32, b = self.p32, s * 256
+        if (p32[b + 4] or p32[b + 5]) and not p32[b + 6]:  # P_ARMR, P_ARMS, P_BELL
+            p32[b + 6] = 1
             out.append(s)
+        if (p32[b + 8] or p32[b + 9]) and not p32[b + 10]:  # P_ARMDR, P_ARMDS, P_BELLD
+            p32[b + 10] = 1
+            out.append(s | DIRECT)
 
     def ring(self, slots: list[int]) -> None:
         """Write the doorbells (outside the lock).  Our own slot: wake local waiters."""
+        from ._io import ring_bell
+
         for s in slots:
             if s == self.slot:
-                self._set32(self._pbase(s) + P_BELL, 0)
+                self.p32[s * 256 + 6] = 0
                 self.on_wake()
                 continue
-            from ._io import ring_bell
-
-            ring_bell(self.bell_name(s))
+            if s & DIRECT:
+                ring_bell(self.bell_name(s & ~DIRECT) + b"-d")
+            else:
+                ring_bell(self.bell_name(s))
 
     def clear_bell(self) -> None:
         self._set32(self._pbase(self.slot) + P_BELL, 0)
 
-    def arm(self, recv: int, send: int) -> None:
-        """Adjust this slot's armed counts (lock held)."""
-        b = self._pbase(self.slot)
+    def arm(self, recv: int, send: int, direct: bool = False) -> None:
+        """Adjust this slot's armed counts (lock held); ``direct``: the waiter polls the
+        slot's direct bell itself instead of waiting for the I/O thread."""
+        b = self.slot * 256 + (8 if direct else 4)
+        p32, h32 = self.p32, self.h32
         if recv:
-            self._set32(b + P_ARMR, self._get32(b + P_ARMR) + recv)
-            self._set32(H_ARMR_TOTAL, self._get32(H_ARMR_TOTAL) + recv)
+            p32[b] += recv
+            h32[32] += recv  # H_ARMR_TOTAL
         if send:
-            self._set32(b + P_ARMS, self._get32(b + P_ARMS) + send)
-            self._set32(H_ARMS_TOTAL, self._get32(H_ARMS_TOTAL) + send)
+            p32[b + 1] += send
+            h32[33] += send  # H_ARMS_TOTAL
+
+    def clear_direct_bell(self) -> None:
+        self.p32[self.slot * 256 + 10] = 0
 
     def armed_recv_total(self) -> int:
         return self.h32[32]  # type: ignore[no-any-return]
@@ -419,11 +443,10 @@ class Region:
         return self.h32[33]  # type: ignore[no-any-return]
 
     def _disarm_slot(self, s: int) -> None:
-        b = self._pbase(s)
-        self._set32(H_ARMR_TOTAL, self._get32(H_ARMR_TOTAL) - self._get32(b + P_ARMR))
-        self._set32(H_ARMS_TOTAL, self._get32(H_ARMS_TOTAL) - self._get32(b + P_ARMS))
-        self._set32(b + P_ARMR, 0)
-        self._set32(b + P_ARMS, 0)
+        p32, h32, b = self.p32, self.h32, s * 256
+        h32[32] -= p32[b + 4] + p32[b + 8]
+        h32[33] -= p32[b + 5] + p32[b + 9]
+        p32[b + 4] = p32[b + 5] = p32[b + 8] = p32[b + 9] = 0
 
     # -- pins: a sent payload whose sender still has views ---------------------------------
     def pin_flag(self, idx: int) -> None:
@@ -644,6 +667,12 @@ class Region:
         """Slot ``s`` (process ``pid``) may be dead: reclaim it once.  Returns (reaped, wake)."""
         if self.slot < 0 or self.pid != os.getpid():
             return False, []
+        try:
+            return self._reap(s, pid)
+        except (ValueError, OSError):  # detached concurrently (our fd is gone)
+            return False, []
+
+    def _reap(self, s: int, pid: int) -> tuple[bool, list[int]]:
         with self.lock:
             b = self._pbase(s)
             if (self._get32(b + P_STATE) != S_LIVE or self._get32(b + P_PID) != pid
@@ -658,9 +687,10 @@ class Region:
             self._disarm_slot(s)
             self._set32(b + P_STATE, S_FREE)
             self._set64(H_EPOCH, self._get64(H_EPOCH) + 1)
+            wake: list[int] = []
             if self._get32(H_POLICY) == POLICY_CLOSE and not self.flags & F_CLOSED:
-                self._close_locked(pid)
-            wake = self._armed_slots(True, True)
+                wake = self._close_locked(pid)  # it already claimed some bells: keep them
+            wake.extend(self._armed_slots(True, True))
         return True, wake
 
     def _close_locked(self, dead_pid: int = 0) -> list[int]:
@@ -717,9 +747,15 @@ class Region:
         self.arena.check_invariants()
 
     def close_fds(self) -> None:
-        if self._ofd >= 0 and self.pid == os.getpid():
+        """After detach: the memfd goes (the mapping stays while views of it exist)."""
+        if self.pid != os.getpid():
+            return
+        if self._ofd >= 0:
             os.close(self._ofd)
             self._ofd = -1
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _noop() -> None:
