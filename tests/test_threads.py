@@ -519,12 +519,8 @@ def test_interrupt_after_completion_keeps_result_and_redelivers(
         k.shutdown()
 
 
-GHOST_BUG = ("BUG: a *_blocking wait interrupted by KeyboardInterrupt (cancel wins) skips the "
-             "cleanup: the waiter stays counted/registered (token keeps the ticket; a public "
-             "ticket stays in the kernel table)")
 
 
-@pytest.mark.xfail(strict=True, reason=GHOST_BUG)
 @pytest.mark.parametrize("form", FORMS)
 def test_interrupt_while_blocked_changes_nothing(
         form: str, interrupting_waker: Callable[..., None]) -> None:

@@ -58,6 +58,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _klock, _registry
+from ._accel import speedups as _speedups
 from ._context import tls
 from ._errors import (
     Cancelled,
@@ -294,6 +295,210 @@ def _check_capacity(capacity: Any) -> tuple[int, str]:
     return capacity, "buffered"
 
 
+class _PyChanOps(Generic[T]):
+    """The pure-Python ``send``/``recv`` of :class:`Channel` (the reference implementation).
+
+    The hot path is a kcoro task with no timeout and no token: everything a ping-pong or a
+    stream does per item is inlined (each Python call costs ~150 ns on the reference machine).
+    Every other case goes through ``Channel._send_slow`` / ``Channel._recv_slow``.
+    ``kcoro._speedups`` implements exactly these branches in C.
+    """
+
+    __slots__ = ()
+
+    async def send(self, item: T, *, timeout: float | None = None,
+                   cancel: Any = None) -> None:
+        """Send ``item``; park while the channel is full (rendezvous: until a receiver takes it).
+
+        ``timeout``: None waits forever, 0 is a try (``WouldBlock``), > 0 is bounded
+        (``TimeoutError``).  ``cancel``: a :class:`CancelToken` (``OperationCancelled``).
+        """
+        ch: Channel[Any] = self  # type: ignore[assignment]  # only Channel uses this base
+        rt = tls.rt
+        task = rt.current if rt is not None else None
+        if task is None or timeout is not None or cancel is not None or task._scope._eff:
+            await ch._send_slow(item, timeout, cancel, task)
+            return
+        x = t = None
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            if ch._nrecv:  # (a closed channel has no parked receivers)
+                e = ch._recvq[0]
+                if type(e) is Ticket and e._state == PARKED and e.linked:
+                    # Direct hand-off to the first parked receiver: complete its ticket.
+                    ch._recvq.popleft()
+                    e.linked = False
+                    ch._nrecv -= 1
+                    e._state = READY
+                    e.payload = item
+                    ch.recvs += 1
+                    if type(item) in _SIZED_TYPES:
+                        ch.bytes_recv += _nbytes(item)
+                    x = e
+                    st = _OK
+                else:
+                    st = _SLOW
+            elif len(ch._buf) < ch._cap and not ch._closed:
+                buf = ch._buf
+                buf.append(item)
+                if len(buf) > ch._peak:
+                    ch._peak = len(buf)
+                if type(item) in _SIZED_TYPES:
+                    ch._buf_bytes += _nbytes(item)
+                st = _OK
+            elif ch._closed or ch._drop:
+                st = _SLOW
+            else:
+                # Park, reusing the task's ticket: its last wait ended by a hand-off
+                # (COMPLETED), so no queue, timer or token can still reference it.
+                t = task._tk
+                if t is not None and t._state == COMPLETED:
+                    t._state = PARKED
+                    t.item = item
+                    t.linked = True
+                    ch._sendq.append(t)
+                    ch._nsend += 1
+                    st = _PARKED
+                else:
+                    st = _SLOW
+            if st != _SLOW:
+                ch.last_op_ns = rt.now_ns  # type: ignore[union-attr]  # coarse runtime clock
+                if not ch.first_op_ns:
+                    ch.first_op_ns = rt.now_ns  # type: ignore[union-attr]
+        finally:
+            _give(True)
+        if st == _OK:
+            if x is not None:
+                w = x._waker
+                if type(w) is Task:  # inline Task.wake
+                    r = w._rt
+                    w._state = "READY"
+                    r._ready.append(w)
+                    if r._asleep:
+                        r._poke()
+                else:
+                    x._wake()
+            b = task._budget - 1
+            if b:
+                task._budget = b
+            else:
+                await trap(None)
+            return
+        if st == _PARKED:
+            task._on = self
+            await trap(t)
+            if t._state == READY:  # type: ignore[union-attr]
+                t._state = COMPLETED  # type: ignore[union-attr]  # READY is left only by us
+                return
+            ch._finish_wait(t, True, None)  # type: ignore[arg-type]
+            raise ch._wait_error(t, task, True)  # type: ignore[arg-type]
+        await ch._send_slow(item, None, None, task)
+
+    async def recv(self, *, timeout: float | None = None,
+                   cancel: Any = None) -> T:
+        """Receive the next item; park while there is none.  ``ChannelClosed`` once closed and
+        drained.  ``timeout``/``cancel`` as for :meth:`send`."""
+        ch: Channel[Any] = self  # type: ignore[assignment]  # only Channel uses this base
+        rt = tls.rt
+        task = rt.current if rt is not None else None
+        if task is None or timeout is not None or cancel is not None or task._scope._eff:
+            return await ch._recv_slow(timeout, cancel, task)  # type: ignore[no-any-return]
+        x = t = None
+        try:
+            _take()
+        except IndexError:
+            _contended()
+        try:
+            buf = ch._buf
+            if ch._nsend:
+                e = ch._sendq[0]
+                if type(e) is Ticket and e._state == PARKED and e.linked:
+                    # Take from the first parked sender (rendezvous), or refill the full
+                    # buffer with its item; complete its ticket.
+                    ch._sendq.popleft()
+                    e.linked = False
+                    ch._nsend -= 1
+                    e._state = READY
+                    moved = e.item
+                    e.item = None  # ``moved`` still references it: not the last reference
+                    if buf:
+                        item = buf.popleft()
+                        buf.append(moved)
+                        if type(item) in _SIZED_TYPES:
+                            ch._buf_bytes -= _nbytes(item)
+                        if type(moved) in _SIZED_TYPES:
+                            ch._buf_bytes += _nbytes(moved)
+                    else:
+                        item = moved
+                    ch.recvs += 1
+                    if type(item) in _SIZED_TYPES:
+                        ch.bytes_recv += _nbytes(item)
+                    x = e
+                else:
+                    item = _SLOW_ITEM
+            elif buf:
+                item = buf.popleft()
+                ch.recvs += 1
+                if type(item) in _SIZED_TYPES:
+                    n = _nbytes(item)
+                    ch.bytes_recv += n
+                    ch._buf_bytes -= n
+            elif ch._closed:
+                item = _SLOW_ITEM
+            else:
+                t = task._tk
+                if t is not None and t._state == COMPLETED:
+                    t._state = PARKED
+                    t.linked = True
+                    ch._recvq.append(t)
+                    ch._nrecv += 1
+                    item = _PARKED_ITEM
+                else:
+                    item = _SLOW_ITEM
+            if item is not _SLOW_ITEM:
+                ch.last_op_ns = rt.now_ns  # type: ignore[union-attr]
+        finally:
+            _give(True)
+        if item is _PARKED_ITEM:
+            task._on = self
+            await trap(t)
+            if t._state == READY:  # type: ignore[union-attr]
+                t._state = COMPLETED  # type: ignore[union-attr]
+                item = t.payload  # type: ignore[union-attr]
+                t.payload = None  # type: ignore[union-attr]
+                return item  # type: ignore[no-any-return]
+            ch._finish_wait(t, False, None)  # type: ignore[arg-type]
+            raise ch._wait_error(t, task, False)  # type: ignore[arg-type]
+        if item is _SLOW_ITEM:
+            return await ch._recv_slow(None, None, task)  # type: ignore[no-any-return]
+        if x is not None:
+            w = x._waker
+            if type(w) is Task:  # inline Task.wake
+                r = w._rt
+                w._state = "READY"
+                r._ready.append(w)
+                if r._asleep:
+                    r._poke()
+            else:
+                x._wake()
+        b = task._budget - 1
+        if b:
+            task._budget = b
+        else:
+            await trap(None)
+        return item  # type: ignore[no-any-return]
+
+
+
+if TYPE_CHECKING:
+    _ChanOps = _PyChanOps
+else:  # the C twins when built (see _accel)
+    _ChanOps = _PyChanOps if _speedups is None else _speedups.ChanOps
+
+
 def _fresh_ticket(task: Task[Any] | None, ctx: Any) -> Ticket:
     """A new ticket for a wait; a kcoro task caches it for reuse by the inlined fast paths."""
     if task is not None:
@@ -302,7 +507,7 @@ def _fresh_ticket(task: Task[Any] | None, ctx: Any) -> Ticket:
     return Ticket(waker_for(ctx))
 
 
-class Channel(Generic[T]):
+class Channel(_ChanOps[T], Generic[T]):
     """A channel of items of type ``T``; see the module docstring for the algorithms."""
 
     __slots__ = (  # noqa: RUF023 - state, then counters
@@ -740,107 +945,31 @@ class Channel(Generic[T]):
         return error_for(t, ctx, what)
 
     # -- send --------------------------------------------------------------------------------
-    # The hot path is a kcoro task with no timeout and no token: everything a ping-pong or a
-    # stream does per item is inlined there (each Python call costs ~150 ns on the reference
-    # machine).  Every other case goes through ``_send_slow`` / ``_recv_slow``.
-    async def send(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
-        """Send ``item``; park while the channel is full (rendezvous: until a receiver takes it).
-
-        ``timeout``: None waits forever, 0 is a try (``WouldBlock``), > 0 is bounded
-        (``TimeoutError``).  ``cancel``: a :class:`CancelToken` (``OperationCancelled``).
-        """
+    # ``send`` and ``recv`` come from the base class: the C twins in ``_speedups`` when built,
+    # else ``_PyChanOps`` below (the reference).  Both hand every case they do not inline to
+    # these slow paths.
+    async def _send_any(self, item: T, timeout: float | None, cancel: Any) -> None:
+        """Entry used by the C ``send`` when no kcoro task runs here, or timeout/cancel given."""
         rt = tls.rt
-        task = rt.current if rt is not None else None
-        if task is None or timeout is not None or cancel is not None or task._scope._eff:
-            await self._send_slow(item, timeout, cancel, task)
-            return
-        x = t = None
-        try:
-            _take()
-        except IndexError:
-            _contended()
-        try:
-            if self._nrecv:  # (a closed channel has no parked receivers)
-                e = self._recvq[0]
-                if type(e) is Ticket and e._state == PARKED and e.linked:
-                    # Direct hand-off to the first parked receiver: complete its ticket.
-                    self._recvq.popleft()
-                    e.linked = False
-                    self._nrecv -= 1
-                    e._state = READY
-                    e.payload = item
-                    self.recvs += 1
-                    if type(item) in _SIZED_TYPES:
-                        self.bytes_recv += _nbytes(item)
-                    x = e
-                    st = _OK
-                else:
-                    st = _SLOW
-            elif len(self._buf) < self._cap and not self._closed:
-                buf = self._buf
-                buf.append(item)
-                if len(buf) > self._peak:
-                    self._peak = len(buf)
-                if type(item) in _SIZED_TYPES:
-                    self._buf_bytes += _nbytes(item)
-                st = _OK
-            elif self._closed or self._drop:
-                st = _SLOW
-            else:
-                # Park, reusing the task's ticket: its last wait ended by a hand-off
-                # (COMPLETED), so no queue, timer or token can still reference it.
-                t = task._tk
-                if t is not None and t._state == COMPLETED:
-                    t._state = PARKED
-                    t.item = item
-                    t.linked = True
-                    self._sendq.append(t)
-                    self._nsend += 1
-                    st = _PARKED
-                else:
-                    st = _SLOW
-            if st != _SLOW:
-                self.last_op_ns = rt.now_ns  # type: ignore[union-attr]  # coarse runtime clock
-                if not self.first_op_ns:
-                    self.first_op_ns = rt.now_ns  # type: ignore[union-attr]
-        finally:
-            _give(True)
-        if st == _OK:
-            if x is not None:
-                w = x._waker
-                if type(w) is Task:  # inline Task.wake
-                    r = w._rt
-                    w._state = "READY"
-                    r._ready.append(w)
-                    if r._asleep:
-                        r._poke()
-                else:
-                    x._wake()
-            b = task._budget - 1
-            if b:
-                task._budget = b
-            else:
-                await trap(None)
-            return
-        if st == _PARKED:
-            task._on = self
-            await trap(t)
-            if t._state == READY:  # type: ignore[union-attr]
-                t._state = COMPLETED  # type: ignore[union-attr]  # READY is left only by us
-                return
-            self._finish_wait(t, True, None)  # type: ignore[arg-type]
-            raise self._wait_error(t, task, True)  # type: ignore[arg-type]
-        await self._send_slow(item, None, None, task)
+        await self._send_slow(item, timeout, cancel, rt.current if rt is not None else None)
+
+    async def _recv_any(self, timeout: float | None, cancel: Any) -> T:
+        rt = tls.rt
+        return await self._recv_slow(timeout, cancel, rt.current if rt is not None else None)
+
+    def _park_failed(self, t: Ticket, sender: bool, task: Task[Any]) -> Any:
+        """A fast-path park ended without a hand-off: settle it and raise."""
+        self._finish_wait(t, sender, None)
+        raise self._wait_error(t, task, sender)
 
     async def _send_slow(self, item: T, timeout: float | None, cancel: Any,
                          task: Task[Any] | None) -> None:
         """Every form of async send: asyncio, timeouts, tokens, closed, drop policies."""
-        if task is not None:
+        ctx: Any = task if task is not None else context()
+        if type(ctx) is Task:
+            task = ctx
             if task._scope._eff:
                 raise Cancelled()
-            ctx: Any = task
-        else:
-            ctx = context()
         if timeout is not None or cancel is not None:
             timeout = self._precheck(timeout, cancel, True)
         st, x = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
@@ -888,8 +1017,10 @@ class Channel(Generic[T]):
             t.item = item
             st, x = self._send_attempt(item, t, cancel, 0)
             if st == _PARKED:
-                park_blocking(t, timeout)
-                self._finish_wait(t, True, cancel)
+                try:
+                    park_blocking(t, timeout)
+                finally:  # also when interrupted (Ctrl-C): unregister, unwatch the token
+                    self._finish_wait(t, True, cancel)
                 if t._state == CANCELLED:
                     raise self._wait_error(t, None, True)
                 return
@@ -897,106 +1028,13 @@ class Channel(Generic[T]):
         self._sent(st, x, item, cancel)
 
     # -- recv --------------------------------------------------------------------------------
-    async def recv(self, *, timeout: float | None = None, cancel: Any = None) -> T:
-        """Receive the next item; park while there is none.  ``ChannelClosed`` once closed and
-        drained.  ``timeout``/``cancel`` as for :meth:`send`."""
-        rt = tls.rt
-        task = rt.current if rt is not None else None
-        if task is None or timeout is not None or cancel is not None or task._scope._eff:
-            return await self._recv_slow(timeout, cancel, task)
-        x = t = None
-        try:
-            _take()
-        except IndexError:
-            _contended()
-        try:
-            buf = self._buf
-            if self._nsend:
-                e = self._sendq[0]
-                if type(e) is Ticket and e._state == PARKED and e.linked:
-                    # Take from the first parked sender (rendezvous), or refill the full
-                    # buffer with its item; complete its ticket.
-                    self._sendq.popleft()
-                    e.linked = False
-                    self._nsend -= 1
-                    e._state = READY
-                    moved = e.item
-                    e.item = None  # ``moved`` still references it: not the last reference
-                    if buf:
-                        item = buf.popleft()
-                        buf.append(moved)
-                        if type(item) in _SIZED_TYPES:
-                            self._buf_bytes -= _nbytes(item)
-                        if type(moved) in _SIZED_TYPES:
-                            self._buf_bytes += _nbytes(moved)
-                    else:
-                        item = moved
-                    self.recvs += 1
-                    if type(item) in _SIZED_TYPES:
-                        self.bytes_recv += _nbytes(item)
-                    x = e
-                else:
-                    item = _SLOW_ITEM
-            elif buf:
-                item = buf.popleft()
-                self.recvs += 1
-                if type(item) in _SIZED_TYPES:
-                    n = _nbytes(item)
-                    self.bytes_recv += n
-                    self._buf_bytes -= n
-            elif self._closed:
-                item = _SLOW_ITEM
-            else:
-                t = task._tk
-                if t is not None and t._state == COMPLETED:
-                    t._state = PARKED
-                    t.linked = True
-                    self._recvq.append(t)
-                    self._nrecv += 1
-                    item = _PARKED_ITEM
-                else:
-                    item = _SLOW_ITEM
-            if item is not _SLOW_ITEM:
-                self.last_op_ns = rt.now_ns  # type: ignore[union-attr]
-        finally:
-            _give(True)
-        if item is _PARKED_ITEM:
-            task._on = self
-            await trap(t)
-            if t._state == READY:  # type: ignore[union-attr]
-                t._state = COMPLETED  # type: ignore[union-attr]
-                item = t.payload  # type: ignore[union-attr]
-                t.payload = None  # type: ignore[union-attr]
-                return item  # type: ignore[no-any-return]
-            self._finish_wait(t, False, None)  # type: ignore[arg-type]
-            raise self._wait_error(t, task, False)  # type: ignore[arg-type]
-        if item is _SLOW_ITEM:
-            return await self._recv_slow(None, None, task)
-        if x is not None:
-            w = x._waker
-            if type(w) is Task:  # inline Task.wake
-                r = w._rt
-                w._state = "READY"
-                r._ready.append(w)
-                if r._asleep:
-                    r._poke()
-            else:
-                x._wake()
-        b = task._budget - 1
-        if b:
-            task._budget = b
-        else:
-            await trap(None)
-        return item  # type: ignore[no-any-return]
-
     async def _recv_slow(self, timeout: float | None, cancel: Any, task: Task[Any] | None) -> T:
         """Every form of async receive: asyncio, timeouts, tokens, closed, select entries."""
-        if task is not None:
+        ctx: Any = task if task is not None else context()
+        if type(ctx) is Task:
+            task = ctx
             if task._scope._eff:
                 raise Cancelled()
-            ctx: Any = task
-        else:
-            ctx = context()
         if timeout is not None or cancel is not None:
             timeout = self._precheck(timeout, cancel, False)
         item, x = self._recv_attempt(None, None, timeout == 0)
@@ -1035,8 +1073,10 @@ class Channel(Generic[T]):
             t = internal_ticket(thread_waker())
             item, x = self._recv_attempt(t, cancel, False)
             if item is _PARKED_ITEM:
-                park_blocking(t, timeout)
-                item = self._finish_wait(t, False, cancel)
+                try:
+                    park_blocking(t, timeout)
+                finally:
+                    item = self._finish_wait(t, False, cancel)
                 if t._state == CANCELLED:
                     raise self._wait_error(t, None, False)
                 return item  # type: ignore[no-any-return]
@@ -1055,7 +1095,7 @@ class Channel(Generic[T]):
 
     async def __anext__(self) -> T:
         try:
-            return await self.recv()
+            return await self.recv()  # type: ignore[no-any-return]
         except ChannelClosed:
             raise StopAsyncIteration from None
 
@@ -1245,6 +1285,13 @@ def _release_undelivered(ch: Channel[Any], items: list[Any] | tuple[Any, ...]) -
 
 # Every new channel is registered (weakly) for kcoro.metrics.
 _on_new_channel: Callable[[Channel[Any]], None] = _registry.channels.add
+
+if _speedups is not None:
+    from ._runtime import Runtime
+    from ._scopes import CancelScope
+
+    _speedups.configure(Channel, Ticket, Task, CancelScope, Runtime, _klock._TOKEN,
+                        _SIZED_TYPES, _nbytes)
 
 
 _ = (READY, WHY_TOKEN, Task, _get_running_loop)

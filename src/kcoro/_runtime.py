@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _klock, _registry
+from ._accel import speedups as _speedups
 from ._context import tls
 from ._errors import Cancelled
 from ._timers import TimerEntry, Timers
@@ -245,6 +246,11 @@ def _ring(t: Ticket) -> None:
 
 class Runtime:
     """A native scheduler bound to one thread.  Created by :func:`run`."""
+
+    __slots__ = ("__weakref__", "_asleep", "_calls", "_closed", "_eventfd", "_fatal", "_fds",
+                 "_idle", "_main", "_main_done", "_ready", "_sel", "_tasks", "_tid",
+                 "_unretrieved", "_wake_r", "_wake_w", "clock", "current", "now_ns", "parks",
+                 "polls", "steps", "thread_name", "timers")
 
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._ready: deque[Task[Any]] = deque()
@@ -563,16 +569,24 @@ def _coro_of(fn: Callable[..., Awaitable[T]] | Coroutine[Any, Any, T], args: tup
         if args:
             raise TypeError(f"{what}: arguments given with a coroutine object")
         return fn
+    if inspect.isawaitable(fn) and not callable(fn):
+        if args:
+            raise TypeError(f"{what}: arguments given with an awaitable")
+        return _await(fn)
     if not callable(fn):
         raise TypeError(f"{what}: expected an async function, got {type(fn).__name__}")
     coro = fn(*args)
     if not inspect.iscoroutine(coro):
         name = getattr(fn, "__qualname__", repr(fn))
-        if inspect.isawaitable(coro):
-            raise TypeError(f"{what}: {name}() returned an awaitable that is not a coroutine")
+        if inspect.isawaitable(coro):  # e.g. ch.recv() with the C accelerator
+            return _await(coro)
         raise TypeError(f"{what}: {name} is not an async function (it returned "
                         f"{type(coro).__name__})")
     return coro  # type: ignore[return-value]
+
+
+async def _await(aw: Awaitable[T]) -> T:
+    return await aw
 
 
 def run(fn: Callable[..., Awaitable[T]] | Coroutine[Any, Any, T], *args: Any,
@@ -595,11 +609,15 @@ def run(fn: Callable[..., Awaitable[T]] | Coroutine[Any, Any, T], *args: Any,
     coro = _coro_of(fn, args, "kcoro.run()")
     rt = Runtime(clock)
     tls.rt = rt
+    if _speedups is not None:
+        _speedups.set_runtime(rt)
     try:
         main = rt.spawn(coro, name=getattr(coro, "__qualname__", "main"))
         rt.run_until_complete(main)
     finally:
         tls.rt = None
+        if _speedups is not None:
+            _speedups.set_runtime(None)
         rt.close()
     _report_unretrieved(rt)
     return main.result()

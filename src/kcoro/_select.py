@@ -365,8 +365,10 @@ def select_blocking(*clauses: Clause, timeout: float | None = None, fair: bool =
             raise OperationCancelled("select cancelled by its CancelToken",
                                      reason=cancel._reason if cancel is not None else None)
         return _finish_probe(clauses, status, index, value, x)
-    park_blocking(sel, timeout)
-    _unregister(clauses, entries, sel, cancel)
+    try:
+        park_blocking(sel, timeout)
+    finally:
+        _unregister(clauses, entries, sel, cancel)
     return _result(clauses, sel, None)
 
 

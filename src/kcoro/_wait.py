@@ -23,7 +23,7 @@ import asyncio
 import math
 import numbers
 import threading
-from typing import Any
+from typing import Any, TypeAlias
 
 from . import _klock, _tokens
 from ._context import tls
@@ -47,7 +47,7 @@ from ._wakers import AioWaker, ThreadWaker, thread_waker
 __all__ = ["check_blocking_allowed", "context", "error_for", "park", "park_blocking",
            "wait_internal", "waker_for"]
 
-Ctx = Task[Any] | asyncio.AbstractEventLoop
+Ctx: TypeAlias = "Task[Any] | asyncio.AbstractEventLoop"
 _get_running_loop = asyncio._get_running_loop
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 
@@ -335,6 +335,12 @@ class _Parkers:
                 fail(t, WHY_TOKEN, cancel._reason)
             try:
                 park_blocking(t, timeout)
+            except BaseException:  # interrupted (Ctrl-C): the ticket was cancelled; tidy up
+                try:
+                    _end_public_wait(t, None)
+                except BaseException:  # the interruption is what we raise
+                    pass
+                raise
             finally:
                 if cancel is not None:
                     cancel._unwatch(t)

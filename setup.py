@@ -1,0 +1,15 @@
+"""Optional C accelerator.  Metadata lives in pyproject.toml; if the extension cannot be
+compiled the pure-Python package is installed (``optional=True``)."""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "kcoro._speedups",
+            ["src/kcoro/_speedups.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        )
+    ]
+)

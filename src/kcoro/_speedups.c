@@ -1,0 +1,920 @@
+/* kcoro._speedups: the channel fast paths of kcoro tasks, in C.
+ *
+ * This module is optional.  It mirrors, branch for branch, the inlined fast paths of
+ * Channel.send / Channel.recv in _chan.py (the reference implementation, used when this module
+ * is missing or KCORO_PURE=1 is set): direct hand-off to a parked plain receiver, append to a
+ * buffer with room, take from the buffer, take from / refill from a parked plain sender, and
+ * parking on the task's reusable ticket.  Every other case (no kcoro task in this thread,
+ * timeout= or cancel=, closed channels, overflow policies, select entries, a first wait that
+ * needs a fresh ticket, cancelled waits, sized items other than bytes/bytearray/memoryview)
+ * is delegated to the Python slow paths, so semantics live in one place.
+ *
+ * Why it is safe without taking the kernel lock: the section below runs no Python code (no
+ * calls into Python, no deallocation of user objects: every value it overwrites is None, a
+ * bool or an int), so no other thread can run while it does; it only checks that no Python
+ * thread is inside a kernel section (the token list is full) before touching channel state.
+ *
+ * The awaitables implement am_send (PEP 590-era "send" slot): a completed operation returns
+ * PYGEN_RETURN with its value, with no frame and no StopIteration object; a parked one yields
+ * its ticket to the runtime, exactly as the Python trap does.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <pythread.h>
+
+/* ---- configuration captured from the Python classes ---------------------------------------- */
+static PyTypeObject *TicketType, *TaskType;
+static PyObject *token_list;          /* _klock._TOKEN */
+static PyObject *sized_set;           /* _chan._SIZED_TYPES */
+static PyObject *py_nbytes;           /* _chan._nbytes */
+static PyObject *deque_append, *deque_popleft;
+static PyObject *s_send_slow, *s_recv_slow, *s_park_failed, *s_send_any, *s_recv_any;
+static PyObject *s_poke, *s_wake, *s_READY;
+static PyObject *i_PARKED, *i_READY, *i_COMPLETED;  /* small ints: shared singletons */
+static Py_tss_t rt_key = Py_tss_NEEDS_INIT;
+static int configured = 0;
+
+/* slot offsets */
+static Py_ssize_t c_buf, c_cap, c_closed, c_drop, c_nrecv, c_nsend, c_recvq, c_sendq, c_peak,
+    c_recvs, c_bytes_recv, c_buf_bytes, c_last_op_ns, c_first_op_ns;
+static Py_ssize_t t_state, t_waker, t_payload, t_item, t_linked;
+static Py_ssize_t k_scope, k_budget, k_tk, k_on, k_rt, k_state;
+static Py_ssize_t s_eff;
+static Py_ssize_t r_current, r_ready, r_asleep, r_now_ns;
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static int
+slot_offset(PyObject *cls, const char *name, Py_ssize_t *out)
+{
+    PyObject *d = PyObject_GetAttrString(cls, "__dict__");
+    if (d == NULL)
+        return -1;
+    PyObject *descr = PyMapping_GetItemString(d, name);
+    Py_DECREF(d);
+    if (descr == NULL)
+        return -1;
+    if (!Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%R.%s is not a __slots__ member", cls, name);
+        Py_DECREF(descr);
+        return -1;
+    }
+    *out = ((PyMemberDescrObject *)descr)->d_member->offset;
+    Py_DECREF(descr);
+    return 0;
+}
+
+/* Replace a slot value; the old one must not be the last reference to anything with a
+ * finalizer (see the header comment). */
+static inline void
+slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+{
+    PyObject *old = SLOT(o, off);
+    Py_INCREF(v);
+    SLOT(o, off) = v;
+    Py_XDECREF(old);
+}
+
+static inline int
+slot_add(PyObject *o, Py_ssize_t off, Py_ssize_t delta)
+{
+    PyObject *v = SLOT(o, off);
+    if (v == NULL || !PyLong_CheckExact(v)) {
+        PyErr_SetString(PyExc_SystemError, "kcoro._speedups: counter slot is not an int");
+        return -1;
+    }
+    Py_ssize_t x = PyLong_AsSsize_t(v);
+    if (x == -1 && PyErr_Occurred())
+        return -1;
+    PyObject *n = PyLong_FromSsize_t(x + delta);
+    if (n == NULL)
+        return -1;
+    SLOT(o, off) = n;
+    Py_DECREF(v);
+    return 0;
+}
+
+static inline Py_ssize_t
+slot_ssize(PyObject *o, Py_ssize_t off)
+{
+    PyObject *v = SLOT(o, off);
+    if (v == NULL || !PyLong_CheckExact(v))
+        return -1;
+    return PyLong_AsSsize_t(v);
+}
+
+/* Bytes of an item without running Python code: 0 if unsized, -2 if sized by a registered
+ * Python function (the caller must take the slow path), -1 on error. */
+static Py_ssize_t
+builtin_nbytes(PyObject *item)
+{
+    PyTypeObject *tp = Py_TYPE(item);
+    if (tp == &PyLong_Type || tp == &PyUnicode_Type || tp == &PyFloat_Type || tp == &PyTuple_Type
+        || item == Py_None)
+        return 0;
+    if (tp == &PyBytes_Type)
+        return PyBytes_GET_SIZE(item);
+    if (tp == &PyByteArray_Type)
+        return PyByteArray_GET_SIZE(item);
+    if (tp == &PyMemoryView_Type)
+        return PyMemoryView_GET_BUFFER(item)->len;
+    if (!Py_IS_TYPE(tp, &PyType_Type))
+        return -2;  /* a custom metaclass may hash in Python: let Python look it up */
+    int r = PySet_Contains(sized_set, (PyObject *)tp);
+    if (r < 0)
+        return -1;
+    return r ? -2 : 0;
+}
+
+static inline int
+deque_push(PyObject *dq, PyObject *x)
+{
+    PyObject *args[2] = {dq, x};
+    PyObject *r = PyObject_Vectorcall(deque_append, args, 2, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static inline PyObject *
+deque_pop(PyObject *dq)
+{
+    PyObject *args[1] = {dq};
+    return PyObject_Vectorcall(deque_popleft, args, 1, NULL);
+}
+
+/* Wake the owner of a completed ticket (outside the section). */
+static int
+wake(PyObject *t)
+{
+    PyObject *w = SLOT(t, t_waker);
+    if (w != NULL && Py_IS_TYPE(w, TaskType)) {
+        PyObject *r = SLOT(w, k_rt);
+        slot_set(w, k_state, s_READY);
+        if (deque_push(SLOT(r, r_ready), w) < 0)
+            return -1;
+        if (SLOT(r, r_asleep) == Py_True) {
+            PyObject *res = PyObject_CallMethodNoArgs(r, s_poke);
+            if (res == NULL)
+                return -1;
+            Py_DECREF(res);
+        }
+        return 0;
+    }
+    PyObject *res = PyObject_CallMethodNoArgs(t, s_wake);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+}
+
+/* ---- the awaitable --------------------------------------------------------------------------- */
+enum { OP_START, OP_PARKED, OP_YIELDED, OP_DELEGATE, OP_DONE };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *ch;
+    PyObject *item;    /* send: the item; recv: the value to return after a budget yield */
+    PyObject *rt;
+    PyObject *task;
+    PyObject *t;       /* the ticket we parked on */
+    PyObject *sub;     /* the Python slow coroutine we delegate to */
+    int state;
+    int is_send;
+} OpObject;
+
+static PyTypeObject OpType;
+
+static int
+op_traverse(OpObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(op->ch);
+    Py_VISIT(op->item);
+    Py_VISIT(op->rt);
+    Py_VISIT(op->task);
+    Py_VISIT(op->t);
+    Py_VISIT(op->sub);
+    return 0;
+}
+
+static int
+op_clear(OpObject *op)
+{
+    Py_CLEAR(op->ch);
+    Py_CLEAR(op->item);
+    Py_CLEAR(op->rt);
+    Py_CLEAR(op->task);
+    Py_CLEAR(op->t);
+    Py_CLEAR(op->sub);
+    return 0;
+}
+
+static void
+op_dealloc(OpObject *op)
+{
+    PyObject_GC_UnTrack(op);
+    op_clear(op);
+    PyObject_GC_Del(op);
+}
+
+static PySendResult
+op_delegate(OpObject *op, PyObject **result)
+{
+    /* The slow path finds the running task itself (and checks its cancellation). */
+    PyObject *task = Py_None;
+    if (op->is_send)
+        op->sub = PyObject_CallMethodObjArgs(op->ch, s_send_slow, op->item, Py_None, Py_None,
+                                             task, NULL);
+    else
+        op->sub = PyObject_CallMethodObjArgs(op->ch, s_recv_slow, Py_None, Py_None, task, NULL);
+    if (op->sub == NULL) {
+        op->state = OP_DONE;
+        return PYGEN_ERROR;
+    }
+    op->state = OP_DELEGATE;
+    return PyIter_Send(op->sub, Py_None, result);
+}
+
+/* Budget: returns 1 if the task must yield now (a schedule point), 0 if not, -1 on error. */
+static inline int
+spend_budget(PyObject *task)
+{
+    Py_ssize_t b = slot_ssize(task, k_budget);
+    if (b < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_SystemError, "kcoro._speedups: bad task budget");
+        return -1;
+    }
+    if (b > 1)
+        return slot_add(task, k_budget, -1) < 0 ? -1 : 0;
+    return 1;  /* the runtime resets the budget when it steps the task again */
+}
+
+static inline void
+stamp(PyObject *ch, PyObject *rt)
+{
+    PyObject *now = SLOT(rt, r_now_ns);
+    if (now == NULL)
+        return;
+    slot_set(ch, c_last_op_ns, now);
+    PyObject *first = SLOT(ch, c_first_op_ns);
+    if (first == NULL || (PyLong_CheckExact(first) && PyLong_AsSsize_t(first) == 0))
+        slot_set(ch, c_first_op_ns, now);
+}
+
+/* Common prologue: the running task if the fast path may run, else NULL (delegate). */
+static inline PyObject *
+fast_task(OpObject *op)
+{
+    PyObject *task = SLOT(op->rt, r_current);
+    if (task == NULL || !Py_IS_TYPE(task, TaskType))
+        return NULL;
+    PyObject *scope = SLOT(task, k_scope);
+    if (scope == NULL || SLOT(scope, s_eff) != Py_False)
+        return NULL;  /* cancelled: the slow path raises Cancelled */
+    if (PyList_GET_SIZE(token_list) != 1)
+        return NULL;  /* a Python thread is inside a kernel section */
+    return task;
+}
+
+enum { ST_SLOW, ST_OK, ST_PARKED };
+
+static PySendResult
+send_fast(OpObject *op, PyObject **result)
+{
+    PyObject *ch = op->ch, *item = op->item, *rt = op->rt;
+    PyObject *task = fast_task(op);
+    if (task == NULL)
+        return op_delegate(op, result);
+    Py_INCREF(task);
+    Py_XSETREF(op->task, task);
+    Py_ssize_t nb = builtin_nbytes(item);
+    if (nb == -1)
+        return PYGEN_ERROR;
+    if (nb == -2)
+        return op_delegate(op, result);
+
+    /* ---- section: no Python code runs until it ends ---- */
+    PyObject *x = NULL, *t = NULL;
+    int st = ST_SLOW;
+    Py_ssize_t nrecv = slot_ssize(ch, c_nrecv);
+    if (nrecv > 0) {
+        PyObject *e = PySequence_GetItem(SLOT(ch, c_recvq), 0);
+        if (e == NULL)
+            return PYGEN_ERROR;
+        if (Py_IS_TYPE(e, TicketType) && SLOT(e, t_state) == i_PARKED
+                && SLOT(e, t_linked) == Py_True) {
+            x = e;  /* owned from here on */
+            PyObject *popped = deque_pop(SLOT(ch, c_recvq));
+            if (popped == NULL)
+                goto error_x;
+            Py_DECREF(popped);
+            slot_set(e, t_linked, Py_False);
+            if (slot_add(ch, c_nrecv, -1) < 0)
+                goto error_x;
+            slot_set(e, t_state, i_READY);
+            slot_set(e, t_payload, item);
+            if (slot_add(ch, c_recvs, 1) < 0)
+                goto error_x;
+            if (nb && slot_add(ch, c_bytes_recv, nb) < 0)
+                goto error_x;
+            st = ST_OK;
+        }
+        else {
+            Py_DECREF(e);
+        }
+    }
+    else if (nrecv == 0 && SLOT(ch, c_closed) == Py_False) {
+        PyObject *buf = SLOT(ch, c_buf);
+        Py_ssize_t n = PyObject_Size(buf);
+        Py_ssize_t cap = slot_ssize(ch, c_cap);
+        if (n < 0 || (cap < 0 && PyErr_Occurred()))
+            return PYGEN_ERROR;
+        if (n < cap) {
+            if (deque_push(buf, item) < 0)
+                return PYGEN_ERROR;
+            n += 1;
+            Py_ssize_t peak = slot_ssize(ch, c_peak);
+            if (n > peak) {
+                PyObject *v = PyLong_FromSsize_t(n);
+                if (v == NULL)
+                    return PYGEN_ERROR;
+                slot_set(ch, c_peak, v);
+                Py_DECREF(v);
+            }
+            if (nb && slot_add(ch, c_buf_bytes, nb) < 0)
+                return PYGEN_ERROR;
+            st = ST_OK;
+        }
+        else if (slot_ssize(ch, c_drop) == 0) {
+            /* full, SUSPEND: park on the task's reusable ticket (if its last wait was a
+             * hand-off, nothing can still reference it) */
+            t = SLOT(task, k_tk);
+            if (t != NULL && Py_IS_TYPE(t, TicketType) && SLOT(t, t_state) == i_COMPLETED) {
+                slot_set(t, t_state, i_PARKED);
+                slot_set(t, t_item, item);
+                slot_set(t, t_linked, Py_True);
+                if (deque_push(SLOT(ch, c_sendq), t) < 0 || slot_add(ch, c_nsend, 1) < 0)
+                    return PYGEN_ERROR;
+                Py_INCREF(t);
+                st = ST_PARKED;
+            }
+        }
+    }
+    if (st == ST_SLOW)
+        return op_delegate(op, result);
+    stamp(ch, rt);
+    /* ---- end of section ---- */
+
+    if (st == ST_PARKED) {
+        slot_set(task, k_on, ch);
+        op->t = t;  /* owned */
+        op->state = OP_PARKED;
+        Py_INCREF(t);
+        *result = t;
+        return PYGEN_NEXT;
+    }
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0)
+            return PYGEN_ERROR;
+    }
+    int y = spend_budget(task);
+    if (y < 0)
+        return PYGEN_ERROR;
+    Py_INCREF(Py_None);
+    *result = Py_None;
+    if (y) {
+        op->state = OP_YIELDED;
+        return PYGEN_NEXT;
+    }
+    op->state = OP_DONE;
+    return PYGEN_RETURN;
+error_x:
+    Py_DECREF(x);
+    return PYGEN_ERROR;
+}
+
+static PySendResult
+recv_fast(OpObject *op, PyObject **result)
+{
+    PyObject *ch = op->ch, *rt = op->rt;
+    PyObject *task = fast_task(op);
+    if (task == NULL)
+        return op_delegate(op, result);
+    Py_INCREF(task);
+    Py_XSETREF(op->task, task);
+
+    PyObject *buf = SLOT(ch, c_buf);
+    Py_ssize_t n = PyObject_Size(buf);
+    Py_ssize_t nsend = slot_ssize(ch, c_nsend);
+    if (n < 0 || nsend < 0)
+        return PYGEN_ERROR;
+    PyObject *x = NULL, *t = NULL, *item = NULL;
+    int st = ST_SLOW;
+    /* ---- section ---- */
+    if (nsend > 0) {
+        PyObject *e = PySequence_GetItem(SLOT(ch, c_sendq), 0);
+        if (e == NULL)
+            return PYGEN_ERROR;
+        if (!(Py_IS_TYPE(e, TicketType) && SLOT(e, t_state) == i_PARKED
+              && SLOT(e, t_linked) == Py_True)) {
+            Py_DECREF(e);
+            return op_delegate(op, result);
+        }
+        PyObject *moved = SLOT(e, t_item);
+        Py_ssize_t nb_moved = builtin_nbytes(moved);
+        PyObject *head = NULL;
+        Py_ssize_t nb_head = 0;
+        if (n > 0) {
+            head = PySequence_GetItem(buf, 0);
+            if (head == NULL) {
+                Py_DECREF(e);
+                return PYGEN_ERROR;
+            }
+            nb_head = builtin_nbytes(head);
+            Py_DECREF(head);
+        }
+        if (nb_moved < 0 || nb_head < 0) {  /* a registered sized type: Python counts it */
+            Py_DECREF(e);
+            if (PyErr_Occurred())
+                return PYGEN_ERROR;
+            return op_delegate(op, result);
+        }
+        PyObject *popped = deque_pop(SLOT(ch, c_sendq));
+        if (popped == NULL) {
+            Py_DECREF(e);
+            return PYGEN_ERROR;
+        }
+        Py_DECREF(popped);
+        slot_set(e, t_linked, Py_False);
+        if (slot_add(ch, c_nsend, -1) < 0) {
+            Py_DECREF(e);
+            return PYGEN_ERROR;
+        }
+        slot_set(e, t_state, i_READY);
+        Py_INCREF(moved);  /* keeps the item alive once the ticket lets go of it */
+        slot_set(e, t_item, Py_None);
+        if (n > 0) {
+            item = deque_pop(buf);
+            if (item == NULL || deque_push(buf, moved) < 0) {
+                Py_DECREF(moved);
+                Py_DECREF(e);
+                return PYGEN_ERROR;
+            }
+            Py_DECREF(moved);
+            if ((nb_head && slot_add(ch, c_buf_bytes, -nb_head) < 0)
+                    || (nb_moved && slot_add(ch, c_buf_bytes, nb_moved) < 0)) {
+                Py_DECREF(item);
+                Py_DECREF(e);
+                return PYGEN_ERROR;
+            }
+        }
+        else {
+            item = moved;  /* owned */
+            nb_head = nb_moved;
+        }
+        if (slot_add(ch, c_recvs, 1) < 0 || (nb_head && slot_add(ch, c_bytes_recv, nb_head) < 0)) {
+            Py_DECREF(item);
+            Py_DECREF(e);
+            return PYGEN_ERROR;
+        }
+        x = e;
+        st = ST_OK;
+    }
+    else if (n > 0) {
+        PyObject *head = PySequence_GetItem(buf, 0);
+        if (head == NULL)
+            return PYGEN_ERROR;
+        Py_ssize_t nb = builtin_nbytes(head);
+        Py_DECREF(head);
+        if (nb < 0) {
+            if (PyErr_Occurred())
+                return PYGEN_ERROR;
+            return op_delegate(op, result);
+        }
+        item = deque_pop(buf);
+        if (item == NULL)
+            return PYGEN_ERROR;
+        if (slot_add(ch, c_recvs, 1) < 0
+                || (nb && (slot_add(ch, c_bytes_recv, nb) < 0
+                           || slot_add(ch, c_buf_bytes, -nb) < 0))) {
+            Py_DECREF(item);
+            return PYGEN_ERROR;
+        }
+        st = ST_OK;
+    }
+    else if (SLOT(ch, c_closed) == Py_False) {
+        t = SLOT(task, k_tk);
+        if (t != NULL && Py_IS_TYPE(t, TicketType) && SLOT(t, t_state) == i_COMPLETED) {
+            slot_set(t, t_state, i_PARKED);
+            slot_set(t, t_linked, Py_True);
+            if (deque_push(SLOT(ch, c_recvq), t) < 0 || slot_add(ch, c_nrecv, 1) < 0)
+                return PYGEN_ERROR;
+            Py_INCREF(t);
+            st = ST_PARKED;
+        }
+    }
+    if (st == ST_SLOW)
+        return op_delegate(op, result);
+    stamp(ch, rt);
+    /* ---- end of section ---- */
+
+    if (st == ST_PARKED) {
+        slot_set(task, k_on, ch);
+        op->t = t;
+        op->state = OP_PARKED;
+        Py_INCREF(t);
+        *result = t;
+        return PYGEN_NEXT;
+    }
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0) {
+            Py_DECREF(item);
+            return PYGEN_ERROR;
+        }
+    }
+    int y = spend_budget(task);
+    if (y < 0) {
+        Py_DECREF(item);
+        return PYGEN_ERROR;
+    }
+    if (y) {
+        op->item = item;  /* returned when the runtime resumes us */
+        op->state = OP_YIELDED;
+        Py_INCREF(Py_None);
+        *result = Py_None;
+        return PYGEN_NEXT;
+    }
+    op->state = OP_DONE;
+    *result = item;
+    return PYGEN_RETURN;
+}
+
+static PySendResult
+op_send(OpObject *op, PyObject *value, PyObject **result)
+{
+    switch (op->state) {
+    case OP_START:
+        return op->is_send ? send_fast(op, result) : recv_fast(op, result);
+    case OP_PARKED: {
+        PyObject *t = op->t;
+        if (SLOT(t, t_state) == i_READY) {
+            slot_set(t, t_state, i_COMPLETED);  /* READY is left only by its waiter */
+            op->state = OP_DONE;
+            if (op->is_send) {
+                Py_INCREF(Py_None);
+                *result = Py_None;
+            }
+            else {
+                PyObject *v = SLOT(t, t_payload);
+                Py_INCREF(v);
+                slot_set(t, t_payload, Py_None);  /* v still references it */
+                *result = v;
+            }
+            return PYGEN_RETURN;
+        }
+        /* cancelled, timed out or closed: Python settles it and raises */
+        op->state = OP_DONE;
+        PyObject *r = PyObject_CallMethodObjArgs(op->ch, s_park_failed, t,
+                                                 op->is_send ? Py_True : Py_False,
+                                                 op->task, NULL);
+        if (r == NULL)
+            return PYGEN_ERROR;
+        *result = r;
+        return PYGEN_RETURN;
+    }
+    case OP_YIELDED:
+        op->state = OP_DONE;
+        if (op->is_send || op->item == NULL) {
+            Py_INCREF(Py_None);
+            *result = Py_None;
+        }
+        else {
+            *result = op->item;
+            op->item = NULL;
+        }
+        return PYGEN_RETURN;
+    case OP_DELEGATE:
+        return PyIter_Send(op->sub, value, result);
+    default:
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited channel operation");
+        return PYGEN_ERROR;
+    }
+}
+
+static PyObject *
+op_iternext(OpObject *op)
+{
+    PyObject *result;
+    PySendResult r = op_send(op, Py_None, &result);
+    if (r == PYGEN_NEXT)
+        return result;
+    if (r == PYGEN_RETURN) {
+        if (result != Py_None)
+            _PyGen_SetStopIterationValue(result);
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+op_await(PyObject *op)
+{
+    Py_INCREF(op);
+    return op;
+}
+
+static PyObject *
+op_send_method(OpObject *op, PyObject *value)
+{
+    PyObject *result;
+    PySendResult r = op_send(op, value, &result);
+    if (r == PYGEN_NEXT)
+        return result;
+    if (r == PYGEN_RETURN) {
+        _PyGen_SetStopIterationValue(result);
+        Py_DECREF(result);
+    }
+    return NULL;
+}
+
+static PyObject *
+op_throw(OpObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (op->state == OP_DELEGATE && op->sub != NULL) {
+        PyObject *meth = PyObject_GetAttrString(op->sub, "throw");
+        if (meth == NULL)
+            return NULL;
+        PyObject *r = PyObject_Vectorcall(meth, args, nargs, NULL);
+        Py_DECREF(meth);
+        return r;
+    }
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "throw expected at least 1 argument");
+        return NULL;
+    }
+    PyObject *typ = args[0];
+    if (PyExceptionInstance_Check(typ))
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    else
+        PyErr_SetObject(typ, nargs > 1 ? args[1] : Py_None);
+    return NULL;
+}
+
+static PyObject *
+op_close(OpObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (op->state == OP_DELEGATE && op->sub != NULL)
+        return PyObject_CallMethod(op->sub, "close", NULL);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef op_methods[] = {
+    {"send", (PyCFunction)op_send_method, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))op_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)op_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods op_as_async = {
+    .am_await = op_await,
+    .am_send = (sendfunc)op_send,
+};
+
+static PyTypeObject OpType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kcoro._speedups.ChannelOp",
+    .tp_basicsize = sizeof(OpObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "An awaitable channel operation (send or recv) of a kcoro task.",
+    .tp_dealloc = (destructor)op_dealloc,
+    .tp_traverse = (traverseproc)op_traverse,
+    .tp_clear = (inquiry)op_clear,
+    .tp_as_async = &op_as_async,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)op_iternext,
+    .tp_methods = op_methods,
+};
+
+static PyObject *
+new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send)
+{
+    OpObject *op = PyObject_GC_New(OpObject, &OpType);
+    if (op == NULL)
+        return NULL;
+    Py_INCREF(ch);
+    op->ch = ch;
+    Py_XINCREF(item);
+    op->item = item;
+    Py_INCREF(rt);
+    op->rt = rt;
+    op->task = NULL;
+    op->t = NULL;
+    op->sub = NULL;
+    op->state = OP_START;
+    op->is_send = is_send;
+    PyObject_GC_Track(op);
+    return (PyObject *)op;
+}
+
+/* ---- ChanOps: the base class whose send/recv Channel inherits ---------------------------------- */
+static int
+parse_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t npos,
+         const char *fname, PyObject **timeout, PyObject **cancel)
+{
+    *timeout = Py_None;
+    *cancel = Py_None;
+    if (nargs != npos) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd positional argument%s (%zd given)", fname,
+                     npos, npos == 1 ? "" : "s", nargs);
+        return -1;
+    }
+    if (kwnames == NULL)
+        return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0)
+            *timeout = args[nargs + i];
+        else if (PyUnicode_CompareWithASCIIString(k, "cancel") == 0)
+            *cancel = args[nargs + i];
+        else {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, k);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+chanops_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *timeout, *cancel;
+    if (parse_kw(args, nargs, kwnames, 1, "send", &timeout, &cancel) < 0)
+        return NULL;
+    PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
+    if (rt == NULL || timeout != Py_None || cancel != Py_None)
+        return PyObject_CallMethodObjArgs(self, s_send_any, args[0], timeout, cancel, NULL);
+    return new_op(self, args[0], rt, 1);
+}
+
+static PyObject *
+chanops_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *timeout, *cancel;
+    if (parse_kw(args, nargs, kwnames, 0, "recv", &timeout, &cancel) < 0)
+        return NULL;
+    PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
+    if (rt == NULL || timeout != Py_None || cancel != Py_None)
+        return PyObject_CallMethodObjArgs(self, s_recv_any, timeout, cancel, NULL);
+    return new_op(self, NULL, rt, 0);
+}
+
+static PyMethodDef chanops_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))chanops_send, METH_FASTCALL | METH_KEYWORDS,
+     "send(item, *, timeout=None, cancel=None)\n--\n\n"
+     "Send item; park while the channel is full (rendezvous: until a receiver takes it).\n"
+     "timeout: None waits forever, 0 is a try (WouldBlock), > 0 is bounded (TimeoutError).\n"
+     "cancel: a CancelToken (OperationCancelled)."},
+    {"recv", (PyCFunction)(void (*)(void))chanops_recv, METH_FASTCALL | METH_KEYWORDS,
+     "recv(*, timeout=None, cancel=None)\n--\n\n"
+     "Receive the next item; park while there is none.  ChannelClosed once closed and\n"
+     "drained.  timeout/cancel as for send."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS, "See PEP 585"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ChanOpsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kcoro._speedups.ChanOps",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "C fast paths of Channel.send/recv (base class of kcoro.Channel).",
+    .tp_methods = chanops_methods,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---- module functions ----------------------------------------------------------------------- */
+static PyObject *
+set_runtime(PyObject *mod, PyObject *rt)
+{
+    PyObject *old = (PyObject *)PyThread_tss_get(&rt_key);
+    if (rt == Py_None)
+        rt = NULL;
+    Py_XINCREF(rt);
+    if (PyThread_tss_set(&rt_key, rt) != 0) {
+        Py_XDECREF(rt);
+        PyErr_SetString(PyExc_RuntimeError, "kcoro._speedups: cannot set thread-local runtime");
+        return NULL;
+    }
+    Py_XDECREF(old);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+configure(PyObject *mod, PyObject *args)
+{
+    PyObject *chan_cls, *ticket_cls, *task_cls, *scope_cls, *rt_cls, *token, *sized, *nbytes;
+    if (!PyArg_ParseTuple(args, "OOOOOO!O!O:configure", &chan_cls, &ticket_cls, &task_cls,
+                          &scope_cls, &rt_cls, &PyList_Type, &token, &PySet_Type, &sized,
+                          &nbytes))
+        return NULL;
+    struct { PyObject *cls; const char *name; Py_ssize_t *off; } table[] = {
+        {chan_cls, "_buf", &c_buf}, {chan_cls, "_cap", &c_cap}, {chan_cls, "_closed", &c_closed},
+        {chan_cls, "_drop", &c_drop}, {chan_cls, "_nrecv", &c_nrecv},
+        {chan_cls, "_nsend", &c_nsend}, {chan_cls, "_recvq", &c_recvq},
+        {chan_cls, "_sendq", &c_sendq}, {chan_cls, "_peak", &c_peak},
+        {chan_cls, "recvs", &c_recvs}, {chan_cls, "bytes_recv", &c_bytes_recv},
+        {chan_cls, "_buf_bytes", &c_buf_bytes}, {chan_cls, "last_op_ns", &c_last_op_ns},
+        {chan_cls, "first_op_ns", &c_first_op_ns},
+        {ticket_cls, "_state", &t_state}, {ticket_cls, "_waker", &t_waker},
+        {ticket_cls, "payload", &t_payload}, {ticket_cls, "item", &t_item},
+        {ticket_cls, "linked", &t_linked},
+        {task_cls, "_scope", &k_scope}, {task_cls, "_budget", &k_budget},
+        {task_cls, "_tk", &k_tk}, {task_cls, "_on", &k_on}, {task_cls, "_rt", &k_rt},
+        {task_cls, "_state", &k_state},
+        {scope_cls, "_eff", &s_eff},
+        {rt_cls, "current", &r_current}, {rt_cls, "_ready", &r_ready},
+        {rt_cls, "_asleep", &r_asleep}, {rt_cls, "now_ns", &r_now_ns},
+    };
+    for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
+        if (slot_offset(table[i].cls, table[i].name, table[i].off) < 0)
+            return NULL;
+    if (!PyType_Check(ticket_cls) || !PyType_Check(task_cls)) {
+        PyErr_SetString(PyExc_TypeError, "configure: Ticket and Task must be classes");
+        return NULL;
+    }
+    Py_INCREF(ticket_cls);
+    Py_XSETREF(TicketType, (PyTypeObject *)ticket_cls);
+    Py_INCREF(task_cls);
+    Py_XSETREF(TaskType, (PyTypeObject *)task_cls);
+    Py_INCREF(token);
+    Py_XSETREF(token_list, token);
+    Py_INCREF(sized);
+    Py_XSETREF(sized_set, sized);
+    Py_INCREF(nbytes);
+    Py_XSETREF(py_nbytes, nbytes);
+    configured = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"configure", configure, METH_VARARGS,
+     "configure(Channel, Ticket, Task, CancelScope, Runtime, token, sized_types, nbytes)"},
+    {"set_runtime", set_runtime, METH_O, "Set (or clear, with None) this thread's runtime."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "kcoro._speedups",
+    "Optional C fast paths for kcoro channel operations in kcoro tasks.", -1, module_methods,
+};
+
+#define INTERN(var, s) do { if ((var = PyUnicode_InternFromString(s)) == NULL) return NULL; } while (0)
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (PyThread_tss_create(&rt_key) != 0)
+        return NULL;
+    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&ChanOpsType) < 0)
+        return NULL;
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL)
+        return NULL;
+    PyObject *deque = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque == NULL)
+        return NULL;
+    deque_append = PyObject_GetAttrString(deque, "append");
+    deque_popleft = PyObject_GetAttrString(deque, "popleft");
+    Py_DECREF(deque);
+    if (deque_append == NULL || deque_popleft == NULL)
+        return NULL;
+    INTERN(s_send_slow, "_send_slow");
+    INTERN(s_recv_slow, "_recv_slow");
+    INTERN(s_park_failed, "_park_failed");
+    INTERN(s_send_any, "_send_any");
+    INTERN(s_recv_any, "_recv_any");
+    INTERN(s_poke, "_poke");
+    INTERN(s_wake, "_wake");
+    INTERN(s_READY, "READY");
+    i_PARKED = PyLong_FromLong(1);
+    i_READY = PyLong_FromLong(2);
+    i_COMPLETED = PyLong_FromLong(3);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&ChanOpsType);
+    if (PyModule_AddObject(m, "ChanOps", (PyObject *)&ChanOpsType) < 0)
+        return NULL;
+    Py_INCREF(&OpType);
+    if (PyModule_AddObject(m, "ChannelOp", (PyObject *)&OpType) < 0)
+        return NULL;
+    return m;
+}
