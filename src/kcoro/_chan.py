@@ -491,6 +491,11 @@ class _PyChanOps(Generic[T]):
             await trap(None)
         return item  # type: ignore[no-any-return]
 
+    async def __anext__(self) -> T:
+        try:
+            return await self.recv()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
 
 
 if TYPE_CHECKING:
@@ -1093,9 +1098,10 @@ class Channel(_ChanOps[T], Generic[T]):
     def __aiter__(self) -> AsyncIterator[T]:
         return self
 
-    async def __anext__(self) -> T:
+    async def _anext_any(self) -> T:
+        """``__anext__`` where no kcoro task runs (the C twin's entry)."""
         try:
-            return await self.recv()  # type: ignore[no-any-return]
+            return await self._recv_any(None, None)
         except ChannelClosed:
             raise StopAsyncIteration from None
 
@@ -1291,7 +1297,7 @@ if _speedups is not None:
     from ._scopes import CancelScope
 
     _speedups.configure(Channel, Ticket, Task, CancelScope, Runtime, _klock._TOKEN,
-                        _SIZED_TYPES, _nbytes)
+                        _SIZED_TYPES, _nbytes, ChannelClosed)
 
 
 _ = (READY, WHY_TOKEN, Task, _get_running_loop)

@@ -30,7 +30,9 @@ static PyObject *sized_set;           /* _chan._SIZED_TYPES */
 static PyObject *py_nbytes;           /* _chan._nbytes */
 static PyObject *deque_append, *deque_popleft;
 static PyObject *s_send_slow, *s_recv_slow, *s_park_failed, *s_send_any, *s_recv_any;
+static PyObject *s_anext_any;
 static PyObject *s_poke, *s_wake, *s_READY;
+static PyObject *ChannelClosedType;
 static PyObject *i_PARKED, *i_READY, *i_COMPLETED;  /* small ints: shared singletons */
 static Py_tss_t rt_key = Py_tss_NEEDS_INIT;
 static int configured = 0;
@@ -183,6 +185,7 @@ typedef struct {
     PyObject *sub;     /* the Python slow coroutine we delegate to */
     int state;
     int is_send;
+    int is_anext;      /* __anext__: ChannelClosed becomes StopAsyncIteration */
 } OpObject;
 
 static PyTypeObject OpType;
@@ -557,7 +560,7 @@ recv_fast(OpObject *op, PyObject **result)
 }
 
 static PySendResult
-op_send(OpObject *op, PyObject *value, PyObject **result)
+op_send_inner(OpObject *op, PyObject *value, PyObject **result)
 {
     switch (op->state) {
     case OP_START:
@@ -606,6 +609,17 @@ op_send(OpObject *op, PyObject *value, PyObject **result)
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited channel operation");
         return PYGEN_ERROR;
     }
+}
+
+static PySendResult
+op_send(OpObject *op, PyObject *value, PyObject **result)
+{
+    PySendResult r = op_send_inner(op, value, result);
+    if (r == PYGEN_ERROR && op->is_anext && PyErr_ExceptionMatches(ChannelClosedType)) {
+        PyErr_Clear();
+        PyErr_SetNone(PyExc_StopAsyncIteration);
+    }
+    return r;
 }
 
 static PyObject *
@@ -703,7 +717,7 @@ static PyTypeObject OpType = {
 };
 
 static PyObject *
-new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send)
+new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send, int is_anext)
 {
     OpObject *op = PyObject_GC_New(OpObject, &OpType);
     if (op == NULL)
@@ -719,6 +733,7 @@ new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send)
     op->sub = NULL;
     op->state = OP_START;
     op->is_send = is_send;
+    op->is_anext = is_anext;
     PyObject_GC_Track(op);
     return (PyObject *)op;
 }
@@ -760,7 +775,7 @@ chanops_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
     if (rt == NULL || timeout != Py_None || cancel != Py_None)
         return PyObject_CallMethodObjArgs(self, s_send_any, args[0], timeout, cancel, NULL);
-    return new_op(self, args[0], rt, 1);
+    return new_op(self, args[0], rt, 1, 0);
 }
 
 static PyObject *
@@ -772,7 +787,16 @@ chanops_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
     if (rt == NULL || timeout != Py_None || cancel != Py_None)
         return PyObject_CallMethodObjArgs(self, s_recv_any, timeout, cancel, NULL);
-    return new_op(self, NULL, rt, 0);
+    return new_op(self, NULL, rt, 0, 0);
+}
+
+static PyObject *
+chanops_anext(PyObject *self)
+{
+    PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
+    if (rt == NULL)
+        return PyObject_CallMethodNoArgs(self, s_anext_any);
+    return new_op(self, NULL, rt, 0, 1);
 }
 
 static PyMethodDef chanops_methods[] = {
@@ -789,6 +813,10 @@ static PyMethodDef chanops_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyAsyncMethods chanops_as_async = {
+    .am_anext = (unaryfunc)chanops_anext,
+};
+
 static PyTypeObject ChanOpsType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "kcoro._speedups.ChanOps",
@@ -796,6 +824,7 @@ static PyTypeObject ChanOpsType = {
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = "C fast paths of Channel.send/recv (base class of kcoro.Channel).",
     .tp_methods = chanops_methods,
+    .tp_as_async = &chanops_as_async,
     .tp_new = PyType_GenericNew,
 };
 
@@ -820,9 +849,10 @@ static PyObject *
 configure(PyObject *mod, PyObject *args)
 {
     PyObject *chan_cls, *ticket_cls, *task_cls, *scope_cls, *rt_cls, *token, *sized, *nbytes;
-    if (!PyArg_ParseTuple(args, "OOOOOO!O!O:configure", &chan_cls, &ticket_cls, &task_cls,
+    PyObject *closed_exc;
+    if (!PyArg_ParseTuple(args, "OOOOOO!O!OO:configure", &chan_cls, &ticket_cls, &task_cls,
                           &scope_cls, &rt_cls, &PyList_Type, &token, &PySet_Type, &sized,
-                          &nbytes))
+                          &nbytes, &closed_exc))
         return NULL;
     struct { PyObject *cls; const char *name; Py_ssize_t *off; } table[] = {
         {chan_cls, "_buf", &c_buf}, {chan_cls, "_cap", &c_cap}, {chan_cls, "_closed", &c_closed},
@@ -859,13 +889,16 @@ configure(PyObject *mod, PyObject *args)
     Py_XSETREF(sized_set, sized);
     Py_INCREF(nbytes);
     Py_XSETREF(py_nbytes, nbytes);
+    Py_INCREF(closed_exc);
+    Py_XSETREF(ChannelClosedType, closed_exc);
     configured = 1;
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(Channel, Ticket, Task, CancelScope, Runtime, token, sized_types, nbytes)"},
+     "configure(Channel, Ticket, Task, CancelScope, Runtime, token, sized_types, nbytes, "
+     "ChannelClosed)"},
     {"set_runtime", set_runtime, METH_O, "Set (or clear, with None) this thread's runtime."},
     {NULL, NULL, 0, NULL},
 };
@@ -901,6 +934,7 @@ PyInit__speedups(void)
     INTERN(s_park_failed, "_park_failed");
     INTERN(s_send_any, "_send_any");
     INTERN(s_recv_any, "_recv_any");
+    INTERN(s_anext_any, "_anext_any");
     INTERN(s_poke, "_poke");
     INTERN(s_wake, "_wake");
     INTERN(s_READY, "READY");
