@@ -91,9 +91,6 @@ from ._wait import (
 )
 from ._wakers import thread_waker
 
-if TYPE_CHECKING:
-    from ._select import RecvClause, SendClause
-
 __all__ = [
     "CONFLATED",
     "DROP_LATEST",
@@ -502,6 +499,34 @@ if TYPE_CHECKING:
     _ChanOps = _PyChanOps
 else:  # the C twins when built (see _accel)
     _ChanOps = _PyChanOps if _speedups is None else _speedups.ChanOps
+
+
+class RecvClause:
+    """``ch.on_recv()``: receive from ``ch``; the select's value is the item."""
+
+    __slots__ = ("ch",)
+    is_send = False
+
+    def __init__(self, ch: Channel[Any]) -> None:
+        self.ch = ch
+
+    def __repr__(self) -> str:
+        return f"<on_recv {self.ch.name!r}>"
+
+
+class SendClause:
+    """``ch.on_send(item)``: send ``item`` on ``ch``; the select's value is None."""
+
+    __slots__ = ("ch", "item")
+    is_send = True
+
+    def __init__(self, ch: Channel[Any], item: Any) -> None:
+        self.ch = ch
+        self.item = item
+
+    def __repr__(self) -> str:
+        return f"<on_send {self.ch.name!r} {self.item!r}>"
+
 
 
 def _fresh_ticket(task: Task[Any] | None, ctx: Any) -> Ticket:
@@ -1171,14 +1196,10 @@ class Channel(_ChanOps[T], Generic[T]):
     # -- select clauses ----------------------------------------------------------------------
     def on_recv(self) -> RecvClause:
         """A select clause receiving from this channel."""
-        from ._select import RecvClause
-
         return RecvClause(self)
 
     def on_send(self, item: T) -> SendClause:
         """A select clause sending ``item`` on this channel."""
-        from ._select import SendClause
-
         return SendClause(self, item)
 
     # -- introspection -----------------------------------------------------------------------

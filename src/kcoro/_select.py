@@ -29,7 +29,8 @@ Invariants: each entry belongs to exactly one select ticket and one channel queu
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import _klock
 from ._chan import (
@@ -38,7 +39,8 @@ from ._chan import (
     _EMPTY,
     _FULL,
     _OK,
-    Channel,
+    RecvClause,
+    SendClause,
 )
 from ._context import tls
 from ._errors import Cancelled, ChannelClosed, OperationCancelled, WouldBlock
@@ -64,34 +66,7 @@ __all__ = ["RecvClause", "SendClause", "select", "select_blocking"]
 _take, _give, _contended = _klock.take, _klock.give, _klock.contended
 
 
-class RecvClause:
-    """``ch.on_recv()``: receive from ``ch``; the select's value is the item."""
-
-    __slots__ = ("ch",)
-    is_send = False
-
-    def __init__(self, ch: Channel[Any]) -> None:
-        self.ch = ch
-
-    def __repr__(self) -> str:
-        return f"<on_recv {self.ch.name!r}>"
-
-
-class SendClause:
-    """``ch.on_send(item)``: send ``item`` on ``ch``; the select's value is None."""
-
-    __slots__ = ("ch", "item")
-    is_send = True
-
-    def __init__(self, ch: Channel[Any], item: Any) -> None:
-        self.ch = ch
-        self.item = item
-
-    def __repr__(self) -> str:
-        return f"<on_send {self.ch.name!r} {self.item!r}>"
-
-
-Clause = RecvClause | SendClause
+Clause: TypeAlias = "RecvClause | SendClause"
 
 
 class _SelEntry:
@@ -126,24 +101,29 @@ class _SelEntry:
 def _check(clauses: tuple[Any, ...]) -> None:
     if not clauses:
         raise ValueError("select() needs at least one clause (ch.on_recv() or ch.on_send(x))")
-    for i, c in enumerate(clauses):
+    for c in clauses:
         if type(c) is not RecvClause and type(c) is not SendClause:
+            i = clauses.index(c)
             raise TypeError(f"select() argument {i} is {c!r}, not a clause: use ch.on_recv() "
                             f"or ch.on_send(item)")
 
 
-def _order(n: int, fair: bool) -> list[int]:
-    order = list(range(n))
+_IN_ORDER = [tuple(range(n)) for n in range(17)]
+
+
+def _order(n: int, fair: bool) -> Sequence[int]:
     if fair and n > 1:
+        order = list(range(n))
         random.shuffle(order)
-    return order
+        return order
+    return _IN_ORDER[n] if n < 17 else tuple(range(n))
 
 
 # Results of a probe: (status, index, value, to_wake_or_dropped)
 _NONE, _WON, _WON_DROPPED, _CLOSED_AT, _PARKED, _TOKEN = range(6)
 
 
-def _attempt(clauses: tuple[Any, ...], order: list[int], sel: Ticket | None,
+def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
              entries: list[_SelEntry] | None, cancel: CancelToken | None,
              ) -> tuple[int, int, Any, Any]:
     """Phase 1 (probe) and, if ``sel`` is given and nothing is ready, phase 2 (register)."""
@@ -269,7 +249,8 @@ def _finish_probe(clauses: tuple[Any, ...], status: int, index: int, value: Any,
     return index, value
 
 
-def _make_entries(sel: Ticket, clauses: tuple[Any, ...], order: list[int]) -> list[_SelEntry]:
+def _make_entries(sel: Ticket, clauses: tuple[Any, ...],
+                  order: Sequence[int]) -> list[_SelEntry]:
     return [_SelEntry(sel, i, clauses[i].item if clauses[i].is_send else _NOITEM)
             for i in order]
 
