@@ -17,7 +17,7 @@ import stat
 import time
 from typing import Any
 
-from ._paths import UnsafeDirectory, pid_alive, runtime_dir, socket_path_for
+from ._paths import UnsafeDirectory, pid_alive, socket_path_for
 from .ndjson import SCHEMA_VERSION, SchemaError, dumps, validate
 
 __all__ = ["AsyncConnection", "Connection", "MonitorError", "TargetGone", "connect",
@@ -255,7 +255,3 @@ async def connect_async(target: str | int, timeout: float = HELLO_TIMEOUT) -> As
     conn.hello = parse_line(first, path, first=True)
     conn.pid = int(conn.hello["pid"])
     return conn
-
-
-def default_dir() -> str:
-    return runtime_dir()
