@@ -216,37 +216,54 @@ class TokenKernel:
         self._tlock = threading.RLock()  # guards the two dicts (user keys may run __eq__)
 
     # -- tickets -------------------------------------------------------------------------
+    # ``_by_id`` (int keys: hashing runs no user code) is guarded by the kernel lock, so an
+    # id-only ticket is published and finished with no other lock; ``_by_key`` (user keys may run
+    # ``__eq__``/``__hash__``) by ``_tlock``, taken only for keyed tickets and never while the
+    # kernel lock is held.
     def publish(self, key: Hashable | None = None) -> Ticket:
         """A new ticket in state NEW, with a unique id and an optional correlation key."""
-        if key is not None:
-            try:
-                hash(key)
-            except TypeError:
-                raise TypeError(f"ticket key must be hashable, got {type(key).__name__}") from None
         t = Ticket(None, 0, NEW)
         t._kernel = self
+        if key is None:
+            _klock.acquire()
+            try:
+                t.id = i = self._next_id()
+                self._by_id[i] = t
+                COUNTS[C_PUB_PUBLISHED] += 1
+            finally:
+                _klock.release()
+            return t
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"ticket key must be hashable, got {type(key).__name__}") from None
         t.key = key
         with self._tlock:
-            if key is not None and key in self._by_key:
+            if key in self._by_key:
                 raise ValueError(f"a live ticket with key {key!r} is already published")
-            t.id = self._next_id()
-            self._by_id[t.id] = t
-            if key is not None:
-                self._by_key[key] = t
+            self._by_key[key] = t
             _klock.acquire()
-            COUNTS[C_PUB_PUBLISHED] += 1
-            _klock.release()
+            try:
+                t.id = i = self._next_id()
+                self._by_id[i] = t
+                COUNTS[C_PUB_PUBLISHED] += 1
+            finally:
+                _klock.release()
         return t
 
     def lookup(self, ref: Ticket | int | Hashable) -> Ticket | None:
         """The live ticket for an id or key (or the ticket itself), else None."""
-        if isinstance(ref, Ticket):
+        if type(ref) is Ticket:
             return ref
-        with self._tlock:
-            if isinstance(ref, int) and not isinstance(ref, bool):
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            _klock.acquire()
+            try:
                 t = self._by_id.get(ref)
-                if t is not None:
-                    return t
+            finally:
+                _klock.release()
+            if t is not None:
+                return t
+        with self._tlock:
             try:
                 return self._by_key.get(ref)
             except TypeError:
@@ -254,11 +271,16 @@ class TokenKernel:
 
     def _forget(self, t: Ticket) -> None:
         """Remove a finished public ticket from the table."""
-        with self._tlock:
+        _klock.acquire()
+        try:
             if self._by_id.get(t.id) is t:
                 del self._by_id[t.id]
-            if t.key is not None and self._by_key.get(t.key) is t:
-                del self._by_key[t.key]
+        finally:
+            _klock.release()
+        if t.key is not None:
+            with self._tlock:
+                if self._by_key.get(t.key) is t:
+                    del self._by_key[t.key]
 
     def complete(self, ref: Ticket | int | Hashable, payload: Any = None) -> bool:
         """Complete a ticket (by ticket, id or key) with ``payload``; callable from any thread.
@@ -273,7 +295,7 @@ class TokenKernel:
         return self._finish(ref, False, reason)
 
     def _finish(self, ref: Ticket | int | Hashable, ok: bool, value: Any) -> bool:
-        t = self.lookup(ref)
+        t = ref if type(ref) is Ticket else self.lookup(ref)
         _klock.acquire()
         try:
             if t is None:
@@ -283,18 +305,25 @@ class TokenKernel:
             if won is None:
                 COUNTS[C_ZOMBIES] += 1
                 return False
+            k = t._kernel
+            if k is not None and k._by_id.get(t.id) is t:  # forget it (int key: no user code)
+                del k._by_id[t.id]
         finally:
             _klock.release()
-        if t._kernel is not None:
-            t._kernel._forget(t)
+        if t.key is not None and k is not None:
+            with k._tlock:
+                if k._by_key.get(t.key) is t:
+                    del k._by_key[t.key]
         t._wake()
         return True
 
     # -- lifecycle and introspection -----------------------------------------------------
     def outstanding(self) -> list[Ticket]:
         """The public tickets not yet completed or cancelled, oldest first."""
-        with self._tlock:
-            return sorted(self._by_id.values(), key=lambda t: t.id)
+        # One C-level copy (ints and tickets run no Python code while it iterates), so it is
+        # atomic under the GIL without the kernel lock, and allocates outside any section.
+        live = list(self._by_id.values())
+        return sorted(live, key=lambda t: t.id)
 
     def shutdown(self) -> None:
         """Cancel every outstanding public ticket; the next ``token_kernel()`` is a fresh one."""
@@ -317,7 +346,7 @@ class TokenKernel:
         c = [a - b for a, b in zip(now, self._base)]
         with self._tlock:
             keyed = len(self._by_key)
-            live_public = len(self._by_id)
+        live_public = len(self._by_id)
         parks = c[_T_PARKS]
         published = c[C_PUB_PUBLISHED] + parks - c[C_PUB_PARKED]
         outstanding = live_public + now[_T_LIVE_INTERNAL]
@@ -334,7 +363,7 @@ class TokenKernel:
 
     def check_invariants(self) -> None:
         with self._tlock:
-            for tid, t in self._by_id.items():
+            for tid, t in list(self._by_id.items()):
                 assert t.id == tid, f"table id {tid} holds ticket {t.id}"
                 assert t._state < READY, f"finished ticket {t!r} still in the table"
             for key, t in self._by_key.items():

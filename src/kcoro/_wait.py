@@ -294,16 +294,18 @@ def _begin_public_wait(t: Ticket, waker: Any, timeout: float | None) -> bool:
 
 def _end_public_wait(t: Ticket, ctx: Ctx | None) -> Any:
     k = t._kernel
-    if k is not None:
-        k._forget(t)
     _klock.acquire()
     try:
         t._waker = None
         st = t._state
         if st == READY:
             t._state = COMPLETED
+        if k is not None and st >= READY and k._by_id.get(t.id) is t:
+            del k._by_id[t.id]  # (usually the finisher already did)
     finally:
         _klock.release()
+    if k is not None and t.key is not None:
+        k._forget(t)
     if st == CANCELLED:
         raise error_for(t, ctx, f"wait on {t!r}")
     return t.payload
@@ -311,6 +313,34 @@ def _end_public_wait(t: Ticket, ctx: Ctx | None) -> Any:
 
 class _Parkers:
     async def wait_async(self, t: Ticket, timeout: float | None, cancel: Any) -> Any:
+        rt = tls.rt
+        task = rt.current if rt is not None else None
+        if task is not None and timeout is None and cancel is None:
+            # The common case in one coroutine: a kcoro task parks on the ticket itself.
+            if task._scope._eff:
+                raise Cancelled()
+            _klock.acquire()
+            try:
+                st = t._state
+                if st < READY:
+                    if t._waker is not None:
+                        st = -1
+                    else:
+                        t._waker = task
+                        if st == NEW:
+                            t._state = PARKED
+                            _tokens.COUNTS[C_PUB_PARKED] += 1
+            finally:
+                _klock.release()
+            if st == -1:
+                raise RuntimeError(f"another waiter is already parked on {t!r}")
+            if st < READY:
+                task._on = t
+                await trap(t)
+            return _end_public_wait(t, task)
+        return await self._wait_async(t, timeout, cancel)
+
+    async def _wait_async(self, t: Ticket, timeout: float | None, cancel: Any) -> Any:
         timeout = check_timeout(timeout)
         ctx = context()
         if type(ctx) is Task and ctx._scope._eff:
