@@ -9,8 +9,14 @@ counters and closed flags of ``stats()``, the undelivered items (in order), and
 
 The model (:class:`ChannelModel`) is deliberately naive: a list buffer, FIFO lists of parked
 senders and receivers, closed/cancelled flags and an undelivered list.  Since every step ends with
-all tasks blocked, a parked operation in the real channel is always *unmatched* when it is
-interrupted, so the model needs no notion of a completion racing a cancellation.
+all tasks blocked, a parked operation is *unmatched* when an ordinary step interrupts it, so the
+model needs no notion of a completion racing a cancellation -- except in ``then_cancel``, which
+completes a waiter (try op, close, cancel) and cancels it before it can run: the abort contract
+says the completion wins, and the model only interrupts waiters that are still parked.
+
+Spawned operations can be interrupted every way the API offers (``HOWS``): ``task.cancel()``,
+``timeout=`` (expired by ``MockClock.jump``), ``move_on_after`` / ``fail_after`` scopes, a
+``CancelToken``, and an already-cancelled token or scope (which must do nothing at all).
 
 Extension point: :data:`OPS` maps an operation name to ``(strategy of its arguments, step)``;
 ``step(env, *args)`` applies the operation to both the model (``env.m``) and the real channel
