@@ -9,7 +9,7 @@ from typing import Any
 
 import kcoro
 
-DEMOS = ("park", "tokens", "pipeline")
+DEMOS = ("park", "tokens", "pipeline", "ipc")
 
 
 def add_parser(sub: Any) -> None:
@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
             demo_tokens()
         elif name == "pipeline":
             demo_pipeline(args.items, args.workers)
+        elif name == "ipc":
+            from .demo_ipc import demo_ipc
+
+            demo_ipc()
     if args.name == "all":
         print("\nWatch it live: run `kcoro demo pipeline --watch`, then `kcoro top PID` "
               "in another terminal.")

@@ -430,16 +430,18 @@ class Channel(Generic[T]):
                 return st, val
 
     def _poll_direct(self, timeout: float | None) -> bool:
-        """Sleep on the direct bell; False on timeout.  The bell's pending flag is cleared
-        before draining, so a ring that comes after our next attempt is never lost."""
+        """Sleep on the direct bell; False on timeout.  Drain *then* clear the pending flag:
+        a ring that lands between the two finds the flag still set and is skipped, but its
+        change is seen by our next attempt; one after the clear leaves its datagram for the
+        next poll.  (Clearing first could drain a datagram whose flag stays set: a lost bell.)"""
         ms = -1 if timeout is None else max(0, int(timeout * 1000 + 0.999))
         ready = self._dpoll.poll(ms)
-        self._r.clear_direct_bell()
         try:
             while True:
                 self._dbell.recv(64)
         except OSError:
             pass
+        self._r.clear_direct_bell()
         return bool(ready) or timeout is None
 
     def _spin(self, end: int) -> bool:
@@ -1218,7 +1220,16 @@ class _Live:
 
 _live = _Live()
 atexit.register(_live.detach_all)
-util.Finalize(None, _live.detach_all, exitpriority=-100)  # multiprocessing children (fork)
+
+
+def _exit_hooks(_: object = None) -> None:
+    # multiprocessing children leave through os._exit() after running util finalizers (atexit
+    # does not run there); the registry is cleared in a new child, so register again after fork
+    util.Finalize(None, _live.detach_all, exitpriority=0)
+
+
+_exit_hooks()
+util.register_after_fork(_live, _exit_hooks)
 
 
 def _after_fork() -> None:
