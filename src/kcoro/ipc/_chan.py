@@ -739,7 +739,7 @@ class Channel(Generic[T]):
             if e.kind == E_PAYLOAD:
                 self._r.count("zref_canceled" if not self._r.flags & F_CANCELLED
                               else "zref_aborted_close")
-            self._r._ack_locked(e.idx, e.gen, [])  # honours a sender's pin
+            self._r._ack_locked(e.idx, e.gen, self._r.late_wake)  # honours a sender's pin
 
     def _recv_attempt(self, try_only: bool) -> Callable[[_Op, bool], tuple[int, Any]]:
         r = self._r

@@ -178,6 +178,7 @@ class Region:
         self.nonce = 0
         self.lock = ArenaLock(self._xlock, self._xunlock)
         self.on_wake: Callable[[], None] = _noop  # set by the endpoint: wake local waiters
+        self.late_wake: list[int] = []  # bells claimed by deferred work, rung after unlock
         self._u64 = struct.Struct("<Q")
         self._u32 = struct.Struct("<I")
         if create is not None:
@@ -282,6 +283,9 @@ class Region:
         self.h64[17] += 1  # H_SEQ: every section is a change spinners can see
         self.h32[18] = 0
         _flock(self._ofd, _LOCK_UN)
+        if self.late_wake:  # bells claimed by deferred frees / dropped entries
+            late, self.late_wake = self.late_wake, []
+            self.ring(late)
 
     def _repair(self, slot: int) -> None:
         """The previous holder died inside a section.  Sections only publish by their last
@@ -582,8 +586,8 @@ class Region:
     def ack(self, idx: int, gen: int) -> None:
         """The last view of a block is gone: free it (generation-checked) and wake waiters."""
         lk = self.lock
-        if lk.held_here():
-            lk.deferred.append(lambda: self._ack_locked(idx, gen, []))
+        if lk.held_here():  # a finalizer ran inside one of our sections: free it at the end
+            lk.deferred.append(lambda: self._ack_locked(idx, gen, self.late_wake))
             return
         if self.slot < 0 or self.pid != os.getpid():
             return  # detached: the block was left to the ledger rules
