@@ -43,18 +43,32 @@ _send_sock: socket.socket | None = None
 TICK_MS = 1000
 
 
+_bells: dict[bytes, socket.socket] = {}  # connected senders, one per doorbell (no name lookup)
+
+
 def ring_bell(name: bytes) -> None:
-    global _send_sock
-    s = _send_sock
-    if s is None:
-        s = _send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.setblocking(False)
+    s = _bells.get(name)
     try:
-        s.sendto(b"\1", name)
-    except (BlockingIOError, ConnectionRefusedError, FileNotFoundError):
-        pass  # a wake-up is already queued, or the peer is gone (its reaper handles it)
-    except OSError as exc:  # pragma: no cover - unexpected
-        log.debug("doorbell %r: %s", name, exc)
+        if s is None:
+            if len(_bells) > 256:
+                for old in _bells.values():
+                    old.close()
+                _bells.clear()
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            s.setblocking(False)
+            try:
+                s.connect(name)
+            except OSError:
+                s.close()
+                return  # the peer is gone (its reaper handles it)
+            _bells[name] = s
+        s.send(b"\1")
+    except BlockingIOError:
+        pass  # a wake-up is already queued
+    except OSError:  # the peer is gone: forget the connection
+        _bells.pop(name, None)
+        if s is not None:
+            s.close()
 
 
 class IoThread:
@@ -161,6 +175,7 @@ def _after_fork() -> None:
     global _io, _send_sock, _io_lock
     _io = None  # threads do not survive fork: the child starts its own on first use
     _send_sock = None
+    _bells.clear()  # (the inherited sockets are shared with the parent: leave them open)
     _io_lock = threading.Lock()
 
 
