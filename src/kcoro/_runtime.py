@@ -81,6 +81,9 @@ CREATED, READY, RUNNING, PARKED, FINISHED = "CREATED", "READY", "RUNNING", "PARK
 _take, _give, _contended = _klock.take, _klock.give, _klock.contended
 _get_ident = threading.get_ident
 _monotonic_ns = time.monotonic_ns
+_run_steps = _speedups.run_steps if _speedups is not None else None
+if _speedups is not None and _speedups.BUDGET != BUDGET:  # pragma: no cover - a stale build
+    raise ImportError("kcoro._speedups was built for another BUDGET; rebuild it (pip install -e .)")
 _NO_JOINERS: list[Ticket] = []  # a finished task's joiner list; never appended to
 
 
@@ -407,6 +410,16 @@ class Runtime:
             # Run up to 64 steps between housekeeping passes (calls from other threads, timers,
             # fd polling): cheap per step, and a due timer waits at most 64 steps.
             k = 64
+            if _run_steps is not None:  # the C twin of the loop below
+                while k and ready:
+                    n, kind, task, value = _run_steps(self, k)
+                    k -= n
+                    if kind == 1:
+                        self._finish(task, value, None)
+                    elif kind == 2:
+                        self._finish(task, None, value)
+                    elif kind == 3:
+                        self._bad_yield(task, value)
             while k and ready:
                 k -= 1
                 task = popleft()
@@ -417,7 +430,7 @@ class Runtime:
                 except StopIteration as e:
                     self._finish(task, e.value, None)
                     continue
-                except BaseException as e:
+                except BaseException as e:  # the task's outcome
                     self._finish(task, None, e)
                     continue
                 if y is None:

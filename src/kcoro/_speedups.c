@@ -828,6 +828,103 @@ static PyTypeObject ChanOpsType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ---- the runtime's inner loop ---------------------------------------------------------------- */
+static Py_ssize_t k_coro, k_parked;
+static Py_ssize_t r_parks;
+static PyObject *s_PARKED_str, *budget_full;
+
+/* run_steps(rt, k) -> (steps, kind, task, value)
+ * Steps up to k ready tasks (Runtime.run_until_complete's inner loop): a schedule point requeues
+ * the task, a ticket parks it.  It returns early (kind != 0) when Python must handle a step:
+ * 1 the task returned ``value``, 2 it raised ``value``, 3 it yielded something that is neither
+ * None nor a ticket.  kind == 0: k steps done or nothing ready. */
+static PyObject *
+run_steps(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "run_steps(rt, k)");
+        return NULL;
+    }
+    PyObject *rt = args[0];
+    Py_ssize_t k = PyLong_AsSsize_t(args[1]);
+    if (k < 0 && PyErr_Occurred())
+        return NULL;
+    PyObject *ready = SLOT(rt, r_ready);
+    Py_ssize_t steps = 0;
+    int kind = 0;
+    PyObject *task = NULL, *value = NULL;
+    while (steps < k) {
+        if (PyObject_Size(ready) <= 0)
+            break;
+        task = deque_pop(ready);
+        if (task == NULL)
+            goto error;
+        steps++;
+        slot_set(rt, r_current, task);
+        slot_set(task, k_budget, budget_full);
+        PyObject *coro = SLOT(task, k_coro);
+        if (coro == NULL || coro == Py_None) {  /* finished meanwhile */
+            Py_CLEAR(task);
+            continue;
+        }
+        PyObject *y = NULL;
+        PySendResult r = PyIter_Send(coro, Py_None, &y);
+        if (r == PYGEN_NEXT) {
+            if (y == Py_None) {
+                Py_DECREF(y);
+                slot_set(task, k_state, s_READY);
+                if (deque_push(ready, task) < 0)
+                    goto error;
+                Py_CLEAR(task);
+                continue;
+            }
+            if (Py_IS_TYPE(y, TicketType)) {
+                slot_set(task, k_state, s_PARKED_str);
+                slot_set(task, k_parked, y);  /* may go stale: cancelling a finished ticket is
+                                                 a no-op */
+                Py_DECREF(y);
+                if (slot_add(rt, r_parks, 1) < 0)  /* read by kernel stats at any time */
+                    goto error;
+                Py_CLEAR(task);
+                continue;
+            }
+            kind = 3;
+            value = y;
+            break;
+        }
+        if (r == PYGEN_RETURN) {
+            kind = 1;
+            value = y;
+            break;
+        }
+        /* PYGEN_ERROR: hand the exception to Python */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyErr_NormalizeException(&et, &ev, &tb);
+        if (tb != NULL && ev != NULL)
+            PyException_SetTraceback(ev, tb);
+        Py_XDECREF(et);
+        Py_XDECREF(tb);
+        if (ev == NULL) {
+            PyErr_SetString(PyExc_SystemError, "task raised no exception object");
+            goto error;
+        }
+        kind = 2;
+        value = ev;
+        break;
+    }
+    if (kind == 0) {
+        task = Py_None;
+        Py_INCREF(task);
+        value = Py_None;
+        Py_INCREF(value);
+    }
+    return Py_BuildValue("(niNN)", steps, kind, task, value);
+error:
+    Py_XDECREF(task);
+    return NULL;
+}
+
 /* ---- module functions ----------------------------------------------------------------------- */
 static PyObject *
 set_runtime(PyObject *mod, PyObject *rt)
@@ -871,6 +968,8 @@ configure(PyObject *mod, PyObject *args)
         {scope_cls, "_eff", &s_eff},
         {rt_cls, "current", &r_current}, {rt_cls, "_ready", &r_ready},
         {rt_cls, "_asleep", &r_asleep}, {rt_cls, "now_ns", &r_now_ns},
+        {rt_cls, "parks", &r_parks}, {task_cls, "_coro", &k_coro},
+        {task_cls, "_parked", &k_parked},
     };
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
         if (slot_offset(table[i].cls, table[i].name, table[i].off) < 0)
@@ -900,6 +999,8 @@ static PyMethodDef module_methods[] = {
      "configure(Channel, Ticket, Task, CancelScope, Runtime, token, sized_types, nbytes, "
      "ChannelClosed)"},
     {"set_runtime", set_runtime, METH_O, "Set (or clear, with None) this thread's runtime."},
+    {"run_steps", (PyCFunction)(void (*)(void))run_steps, METH_FASTCALL,
+     "run_steps(rt, k) -> (steps, kind, task, value): the runtime's inner step loop."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -938,6 +1039,8 @@ PyInit__speedups(void)
     INTERN(s_poke, "_poke");
     INTERN(s_wake, "_wake");
     INTERN(s_READY, "READY");
+    INTERN(s_PARKED_str, "PARKED");
+    budget_full = PyLong_FromLong(64);
     i_PARKED = PyLong_FromLong(1);
     i_READY = PyLong_FromLong(2);
     i_COMPLETED = PyLong_FromLong(3);
@@ -949,6 +1052,8 @@ PyInit__speedups(void)
         return NULL;
     Py_INCREF(&OpType);
     if (PyModule_AddObject(m, "ChannelOp", (PyObject *)&OpType) < 0)
+        return NULL;
+    if (PyModule_AddIntConstant(m, "BUDGET", 64) < 0)  /* must equal _runtime.BUDGET */
         return NULL;
     return m;
 }
