@@ -784,6 +784,11 @@ class Channel(Generic[T]):
             c64 = r.c64
             c64[_C_RECVS] += 1
             c64[_C_LAST] = _now_ns()
+            if kind == E_PAYLOAD:
+                c64[_C_ZRECV] += 1
+                c64[_C_BYTES_RECV] += nbytes
+            elif kind == E_BLOCK and length:
+                c64[_C_BYTES_RECV] += length
             return _OK, (e, bad)
         if r.h32[14] & F_CLOSED:
             r.c64[_C_RECV_CLOSED] += 1
@@ -824,12 +829,7 @@ class Channel(Generic[T]):
                 self._count("protocol_errors")
                 raise
         if e.kind == E_PAYLOAD:
-            p = _codec.decode_payload(r, e)
-            self._count("zref_received")
-            self._count("bytes_recv", e.nbytes)
-            return p
-        if e.length:
-            self._count("bytes_recv", e.length)
+            return _codec.decode_payload(r, e)  # counted in _recv_locked
         try:
             obj = _codec.decode_block(r, e)
         except ProtocolError:
@@ -1183,6 +1183,7 @@ _C_SENDS, _C_RECVS, _C_BYTES_SENT = _CI_["sends"], _CI_["recvs"], _CI_["bytes_se
 _C_FIRST, _C_LAST, _C_PEAK = _CI_["first_op_ns"], _CI_["last_op_ns"], _CI_["peak"]
 _C_SEND_CLOSED, _C_RECV_CLOSED = _CI_["send_closed"], _CI_["recv_closed"]
 _C_RECV_WB = _CI_["recv_would_block"]
+_C_ZRECV, _C_BYTES_RECV = _CI_["zref_received"], _CI_["bytes_recv"]
 _now_ns = time.monotonic_ns
 _loads = __import__("pickle").loads
 _E_pack = _E.pack_into
