@@ -9,6 +9,20 @@ from collections.abc import Iterator
 import pytest
 
 import kcoro.ipc as ipc
+from kcoro.ipc import _chan as ipc_chan
+
+
+def detach_checking_leaks() -> None:
+    """Leak check, then leave: every live endpoint's arena is back to in_use == 0 once the
+    test dropped what it held (blocks still queued in a channel count as in use)."""
+    gc.collect()
+    try:
+        for ch in list(ipc_chan._live._s):
+            if ch._r.slot >= 0 and ch._pid == os.getpid():
+                assert ch.arena.stats().in_use == 0, f"{ch!r} leaked {ch.arena.stats()}"
+                ch.check_invariants()
+    finally:
+        ipc_chan._live.detach_all()
 
 
 def _shm() -> set[str]:

@@ -20,10 +20,10 @@ import pytest
 
 import kcoro
 import kcoro.ipc as ipc
-from kcoro.ipc import _chan as ipc_chan
 from kcoro.testing import wait_until
 
 from . import workers
+from .conftest import detach_checking_leaks
 
 FORK = mp.get_context("fork")
 SPAWN = mp.get_context("spawn")
@@ -33,7 +33,7 @@ KINDS = [kcoro.RENDEZVOUS, 1, 4, kcoro.UNLIMITED]
 @pytest.fixture(autouse=True)
 def _detach_after() -> Iterator[None]:
     yield
-    ipc_chan._live.detach_all()
+    detach_checking_leaks()
 
 
 def start(target: Any, *args: Any, ctx: Any = FORK) -> Any:
@@ -524,11 +524,17 @@ def test_stats_and_zstats_move() -> None:
     asyncio.run(ch.send_zref(bytearray(100)))  # a buffer copied in: fallback_small
     with ch.recv_blocking() as p:
         assert p.nbytes == 100
+    private = kcoro.Arena(4096)
+    q = private.alloc(100)  # not in the channel's arena: copied into it (fallback_capacity)
+    ch.send_blocking(q)
+    assert q.released
+    with ch.recv_blocking() as r:
+        assert r.nbytes == 100 and r.arena is ch.arena
     z = ch.zstats()
-    assert z["zref_sent"] == 2 and z["zref_received"] == 1
-    assert z["canceled"] == 1 and z["fallback_small"] == 1
+    assert z["zref_sent"] == 3 and z["zref_received"] == 2
+    assert z["canceled"] == 1 and z["fallback_small"] == 1 and z["fallback_capacity"] == 1
     s = ch.stats()
-    assert s.sends == 3 and s.recvs == 1 and s.undelivered == 2
+    assert s.sends == 4 and s.recvs == 2 and s.undelivered == 2
     assert s.first_op_ns and s.last_op_ns >= s.first_op_ns
     assert "ipc.Channel" in repr(ch)
 

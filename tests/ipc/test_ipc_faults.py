@@ -17,10 +17,10 @@ import pytest
 
 import kcoro
 import kcoro.ipc as ipc
-from kcoro.ipc import _chan as ipc_chan
 from kcoro.testing import wait_until
 
 from . import workers
+from .conftest import detach_checking_leaks
 
 FORK = mp.get_context("fork")
 DEADLINE = 5.0  # generous for a loaded CI box; the measured detection time is ~1 ms
@@ -29,7 +29,7 @@ DEADLINE = 5.0  # generous for a loaded CI box; the measured detection time is ~
 @pytest.fixture(autouse=True)
 def _detach_after() -> Iterator[None]:
     yield
-    ipc_chan._live.detach_all()
+    detach_checking_leaks()
 
 
 def start(target: Any, *args: Any) -> Any:

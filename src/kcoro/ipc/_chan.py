@@ -121,8 +121,8 @@ class PeerDied(KcoroError):
 class _Msg:
     """An encoded message owned by a sender until its send succeeds."""
 
-    __slots__ = ("bytes", "data", "fill", "gen", "idx", "kind", "nbytes", "payload", "zcap",
-                 "zsmall")
+    __slots__ = ("bytes", "data", "fill", "gen", "idx", "kind", "moved", "nbytes", "payload",
+                 "zcap", "zsmall")
 
     def __init__(self) -> None:
         self.kind = E_INLINE
@@ -134,6 +134,7 @@ class _Msg:
         self.zsmall = self.zcap = 0
         self.bytes = 0
         self.fill: Callable[[memoryview], None] | None = None
+        self.moved = False  # the message is the payload's own block (no copy)
 
 
 class _Op:
@@ -473,6 +474,7 @@ class Channel(Generic[T]):
             if obj.arena is r.arena and not obj.spilled and obj._idx >= 0:
                 obj.view  # noqa: B018 - raises PayloadReleased for a released payload
                 m.idx, m.gen = obj._idx, obj._gen
+                m.moved = True
                 return m
             m.zcap = 1  # not in this channel's arena: one copy into a block
             src = obj.view
@@ -547,8 +549,8 @@ class Channel(Generic[T]):
 
     def _discard(self, m: _Msg) -> None:
         """A send failed: give back what it allocated (a moved Payload is released)."""
-        if m.payload is not None and m.payload.arena is self._r.arena and m.idx == \
-                m.payload._idx:
+        if m.moved:
+            assert m.payload is not None
             if not m.payload.released:
                 m.payload.release()
             return
@@ -702,7 +704,7 @@ class Channel(Generic[T]):
             if h < QUEUED:
                 r._ledger_remove(h, m.idx, m.gen)
             a._m.holder[m.idx] = QUEUED
-            if m.payload is not None and m.payload._idx == m.idx:
+            if m.moved:
                 r.pin_flag(m.idx)  # until the sender's own views are gone (see _send_done)
             _E_pack(r.map, o, m.kind, 0, cell, r.slot, 0, m.bytes, m.idx, m.gen, m.nbytes, 0)
         h64 = r.h64
@@ -860,7 +862,7 @@ class Channel(Generic[T]):
         if st == _OK:
             p = m.payload
             if p is not None:
-                if m.idx == p._idx and p.arena is self._r.arena:
+                if m.moved:
                     pinned = p._transfer()
                     if pinned is None:
                         self._r.unpin(m.idx, m.gen)
@@ -878,13 +880,13 @@ class Channel(Generic[T]):
             self._discard(m)
             raise self._closed_error(True)
         if st == _WOULD_BLOCK:
-            if m.payload is None or m.idx != m.payload._idx:
+            if not m.moved:
                 self._discard_keep_payload(m)
             raise WouldBlock(f"IPC channel {self.name!r} is full")
         raise AssertionError(st)
 
     def _discard_keep_payload(self, m: _Msg) -> None:
-        if m.idx >= 0 and m.kind != E_INLINE and (m.payload is None or m.idx != m.payload._idx):
+        if m.idx >= 0 and m.kind != E_INLINE and not m.moved:
             with self._r.lock:
                 self._r.arena._give(m.idx, m.gen)
 
