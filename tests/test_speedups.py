@@ -32,28 +32,46 @@ def test_pure_mode_can_be_forced() -> None:
     assert out == ["True", "_PyChanOps"]
 
 
-def test_ops_are_awaitables_in_tasks_and_coroutines_elsewhere() -> None:
+def test_ops_are_coroutines_for_asyncio() -> None:
     import asyncio
-    import inspect
 
     async def in_task() -> bool:
         ch: kcoro.Channel[int] = kcoro.Channel(1)
         op = ch.send(1)
         await op
-        return inspect.iscoroutine(op)
+        return asyncio.iscoroutine(op)
 
-    native_is_coro = kcoro.run(in_task)
-    assert native_is_coro == (_accel.speedups is None)
+    assert kcoro.run(in_task)
 
     async def in_asyncio() -> bool:
         ch: kcoro.Channel[int] = kcoro.Channel(1)
         op = ch.send(1)
-        ok = inspect.iscoroutine(op)  # asyncio.create_task() needs a real coroutine
+        ok = asyncio.iscoroutine(op)  # so asyncio.create_task() accepts it
         await op
-        task = asyncio.create_task(ch.recv())
-        return ok and await task == 1
+        assert await asyncio.create_task(ch.recv()) == 1
+        task = asyncio.create_task(ch.recv())  # parks (empty), completed by the send below
+        await asyncio.sleep(0)
+        assert ch.stats().waiting_receivers == 1
+        await ch.send(2)
+        ok = ok and await task == 2
+        async with asyncio.TaskGroup() as tg:
+            t2 = tg.create_task(ch.recv())
+            tg.create_task(ch.send(3))
+        return ok and t2.result() == 3
 
     assert asyncio.run(in_asyncio())
+
+
+def test_awaiting_an_op_with_no_loop_running_is_a_clear_error() -> None:
+    ch: kcoro.Channel[int] = kcoro.Channel(1)
+    coro = ch.send(1)
+    try:
+        coro.send(None)
+    except RuntimeError as exc:
+        assert "no loop running" in str(exc)
+    else:
+        raise AssertionError("awaiting with no loop must raise")
+    assert len(ch) == 0  # nothing was sent
 
 
 def test_spawn_accepts_an_awaitable_operation() -> None:

@@ -488,6 +488,17 @@ class _PyChanOps(Generic[T]):
             await trap(None)
         return item  # type: ignore[no-any-return]
 
+    def send_blocking(self, item: T, *, timeout: float | None = None,
+                      cancel: Any = None) -> None:
+        """``send`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+        ch: Channel[Any] = self  # type: ignore[assignment]
+        ch._send_blocking_slow(item, timeout, cancel)
+
+    def recv_blocking(self, *, timeout: float | None = None, cancel: Any = None) -> T:
+        """``recv`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+        ch: Channel[Any] = self  # type: ignore[assignment]
+        return ch._recv_blocking_slow(timeout, cancel)  # type: ignore[no-any-return]
+
     async def __anext__(self) -> T:
         try:
             return await self.recv()
@@ -1037,8 +1048,8 @@ class Channel(_ChanOps[T], Generic[T]):
         self._sent(st, x, item, None)
         return True
 
-    def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
-        """``send`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+    def _send_blocking_slow(self, item: T, timeout: float | None, cancel: Any) -> None:
+        """Every form of ``send_blocking`` (the public method comes from the ops base class)."""
         check_blocking_allowed("Channel.send_blocking()")
         timeout = self._precheck(timeout, cancel, True)
         st, x = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
@@ -1094,8 +1105,8 @@ class Channel(_ChanOps[T], Generic[T]):
         item, x = self._recv_attempt(None, None, True)
         return self._received(item, x, None)  # type: ignore[no-any-return]
 
-    def recv_blocking(self, *, timeout: float | None = None, cancel: Any = None) -> T:
-        """``recv`` for a plain OS thread (RuntimeError from a thread running a loop)."""
+    def _recv_blocking_slow(self, timeout: float | None, cancel: Any) -> T:
+        """Every form of ``recv_blocking``."""
         check_blocking_allowed("Channel.recv_blocking()")
         timeout = self._precheck(timeout, cancel, False)
         item, x = self._recv_attempt(None, None, timeout == 0)

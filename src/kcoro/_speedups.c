@@ -35,6 +35,7 @@ static PyObject *s_poke, *s_wake, *s_READY;
 static PyObject *ChannelClosedType;
 static PyObject *i_PARKED, *i_READY, *i_COMPLETED;  /* small ints: shared singletons */
 static Py_tss_t rt_key = Py_tss_NEEDS_INIT;
+static PyObject *get_running_loop;  /* asyncio._get_running_loop */
 static int configured = 0;
 
 /* slot offsets */
@@ -282,258 +283,283 @@ fast_task(OpObject *op)
     return task;
 }
 
-enum { ST_SLOW, ST_OK, ST_PARKED };
+enum { ST_SLOW, ST_OK, ST_PARKED, ST_ERROR };
 
-static PySendResult
-send_fast(OpObject *op, PyObject **result)
+/* The send section shared by every fast path: hand ``item`` to the first parked plain receiver,
+ * or append it to a buffer with room, or (if ``t`` is a reusable ticket) park ``t`` as a sender.
+ * ``nb`` is the item's byte count (builtin_nbytes >= 0).  On ST_OK ``*x`` is a ticket to wake
+ * (owned) or NULL.  No Python code runs here. */
+static int
+put_section(PyObject *ch, PyObject *item, Py_ssize_t nb, PyObject *t, PyObject **x)
 {
-    PyObject *ch = op->ch, *item = op->item, *rt = op->rt;
-    PyObject *task = fast_task(op);
-    if (task == NULL)
-        return op_delegate(op, result);
-    Py_INCREF(task);
-    Py_XSETREF(op->task, task);
-    Py_ssize_t nb = builtin_nbytes(item);
-    if (nb == -1)
-        return PYGEN_ERROR;
-    if (nb == -2)
-        return op_delegate(op, result);
-
-    /* ---- section: no Python code runs until it ends ---- */
-    PyObject *x = NULL, *t = NULL;
-    int st = ST_SLOW;
+    *x = NULL;
     Py_ssize_t nrecv = slot_ssize(ch, c_nrecv);
     if (nrecv > 0) {
         PyObject *e = PySequence_GetItem(SLOT(ch, c_recvq), 0);
         if (e == NULL)
-            return PYGEN_ERROR;
-        if (Py_IS_TYPE(e, TicketType) && SLOT(e, t_state) == i_PARKED
-                && SLOT(e, t_linked) == Py_True) {
-            x = e;  /* owned from here on */
-            PyObject *popped = deque_pop(SLOT(ch, c_recvq));
-            if (popped == NULL)
-                goto error_x;
-            Py_DECREF(popped);
-            slot_set(e, t_linked, Py_False);
-            if (slot_add(ch, c_nrecv, -1) < 0)
-                goto error_x;
-            slot_set(e, t_state, i_READY);
-            slot_set(e, t_payload, item);
-            if (slot_add(ch, c_recvs, 1) < 0)
-                goto error_x;
-            if (nb && slot_add(ch, c_bytes_recv, nb) < 0)
-                goto error_x;
-            st = ST_OK;
-        }
-        else {
-            Py_DECREF(e);
-        }
-    }
-    else if (nrecv == 0 && SLOT(ch, c_closed) == Py_False) {
-        PyObject *buf = SLOT(ch, c_buf);
-        Py_ssize_t n = PyObject_Size(buf);
-        Py_ssize_t cap = slot_ssize(ch, c_cap);
-        if (n < 0 || (cap < 0 && PyErr_Occurred()))
-            return PYGEN_ERROR;
-        if (n < cap) {
-            if (deque_push(buf, item) < 0)
-                return PYGEN_ERROR;
-            n += 1;
-            Py_ssize_t peak = slot_ssize(ch, c_peak);
-            if (n > peak) {
-                PyObject *v = PyLong_FromSsize_t(n);
-                if (v == NULL)
-                    return PYGEN_ERROR;
-                slot_set(ch, c_peak, v);
-                Py_DECREF(v);
-            }
-            if (nb && slot_add(ch, c_buf_bytes, nb) < 0)
-                return PYGEN_ERROR;
-            st = ST_OK;
-        }
-        else if (slot_ssize(ch, c_drop) == 0) {
-            /* full, SUSPEND: park on the task's reusable ticket (if its last wait was a
-             * hand-off, nothing can still reference it) */
-            t = SLOT(task, k_tk);
-            if (t != NULL && Py_IS_TYPE(t, TicketType) && SLOT(t, t_state) == i_COMPLETED) {
-                slot_set(t, t_state, i_PARKED);
-                slot_set(t, t_item, item);
-                slot_set(t, t_linked, Py_True);
-                if (deque_push(SLOT(ch, c_sendq), t) < 0 || slot_add(ch, c_nsend, 1) < 0)
-                    return PYGEN_ERROR;
-                Py_INCREF(t);
-                st = ST_PARKED;
-            }
-        }
-    }
-    if (st == ST_SLOW)
-        return op_delegate(op, result);
-    stamp(ch, rt);
-    /* ---- end of section ---- */
-
-    if (st == ST_PARKED) {
-        slot_set(task, k_on, ch);
-        op->t = t;  /* owned */
-        op->state = OP_PARKED;
-        Py_INCREF(t);
-        *result = t;
-        return PYGEN_NEXT;
-    }
-    if (x != NULL) {
-        int r = wake(x);
-        Py_DECREF(x);
-        if (r < 0)
-            return PYGEN_ERROR;
-    }
-    int y = spend_budget(task);
-    if (y < 0)
-        return PYGEN_ERROR;
-    Py_INCREF(Py_None);
-    *result = Py_None;
-    if (y) {
-        op->state = OP_YIELDED;
-        return PYGEN_NEXT;
-    }
-    op->state = OP_DONE;
-    return PYGEN_RETURN;
-error_x:
-    Py_DECREF(x);
-    return PYGEN_ERROR;
-}
-
-static PySendResult
-recv_fast(OpObject *op, PyObject **result)
-{
-    PyObject *ch = op->ch, *rt = op->rt;
-    PyObject *task = fast_task(op);
-    if (task == NULL)
-        return op_delegate(op, result);
-    Py_INCREF(task);
-    Py_XSETREF(op->task, task);
-
-    PyObject *buf = SLOT(ch, c_buf);
-    Py_ssize_t n = PyObject_Size(buf);
-    Py_ssize_t nsend = slot_ssize(ch, c_nsend);
-    if (n < 0 || nsend < 0)
-        return PYGEN_ERROR;
-    PyObject *x = NULL, *t = NULL, *item = NULL;
-    int st = ST_SLOW;
-    /* ---- section ---- */
-    if (nsend > 0) {
-        PyObject *e = PySequence_GetItem(SLOT(ch, c_sendq), 0);
-        if (e == NULL)
-            return PYGEN_ERROR;
+            return ST_ERROR;
         if (!(Py_IS_TYPE(e, TicketType) && SLOT(e, t_state) == i_PARKED
               && SLOT(e, t_linked) == Py_True)) {
             Py_DECREF(e);
-            return op_delegate(op, result);
+            return ST_SLOW;  /* a select entry or a cancelled waiter: Python handles it */
+        }
+        PyObject *popped = deque_pop(SLOT(ch, c_recvq));
+        if (popped == NULL)
+            goto error_e;
+        Py_DECREF(popped);
+        slot_set(e, t_linked, Py_False);
+        if (slot_add(ch, c_nrecv, -1) < 0)
+            goto error_e;
+        slot_set(e, t_state, i_READY);
+        slot_set(e, t_payload, item);
+        if (slot_add(ch, c_recvs, 1) < 0 || (nb && slot_add(ch, c_bytes_recv, nb) < 0))
+            goto error_e;
+        *x = e;
+        return ST_OK;
+    error_e:
+        Py_DECREF(e);
+        return ST_ERROR;
+    }
+    if (nrecv < 0 || SLOT(ch, c_closed) != Py_False)
+        return ST_SLOW;
+    PyObject *buf = SLOT(ch, c_buf);
+    Py_ssize_t n = PyObject_Size(buf);
+    Py_ssize_t cap = slot_ssize(ch, c_cap);
+    if (n < 0 || (cap < 0 && PyErr_Occurred()))
+        return ST_ERROR;
+    if (n < cap) {
+        if (deque_push(buf, item) < 0)
+            return ST_ERROR;
+        n += 1;
+        if (n > slot_ssize(ch, c_peak)) {
+            PyObject *v = PyLong_FromSsize_t(n);
+            if (v == NULL)
+                return ST_ERROR;
+            slot_set(ch, c_peak, v);
+            Py_DECREF(v);
+        }
+        if (nb && slot_add(ch, c_buf_bytes, nb) < 0)
+            return ST_ERROR;
+        return ST_OK;
+    }
+    if (t == NULL || slot_ssize(ch, c_drop) != 0)
+        return ST_SLOW;  /* full: wait in Python, or apply an overflow policy */
+    slot_set(t, t_state, i_PARKED);
+    slot_set(t, t_item, item);
+    slot_set(t, t_linked, Py_True);
+    if (deque_push(SLOT(ch, c_sendq), t) < 0 || slot_add(ch, c_nsend, 1) < 0)
+        return ST_ERROR;
+    return ST_PARKED;
+}
+
+/* The receive section: take from the first parked plain sender (rendezvous) or the buffer
+ * (refilling it from a parked sender), or park ``t`` as a receiver.  Returns the item (owned)
+ * with *st == ST_OK, else NULL with *st set.  On ST_OK ``*x`` is a sender ticket to wake. */
+static PyObject *
+get_section(PyObject *ch, PyObject *t, PyObject **x, int *st)
+{
+    *x = NULL;
+    PyObject *buf = SLOT(ch, c_buf);
+    Py_ssize_t n = PyObject_Size(buf);
+    Py_ssize_t nsend = slot_ssize(ch, c_nsend);
+    PyObject *item = NULL;
+    *st = ST_ERROR;
+    if (n < 0 || nsend < 0)
+        return NULL;
+    if (nsend > 0) {
+        PyObject *e = PySequence_GetItem(SLOT(ch, c_sendq), 0);
+        if (e == NULL)
+            return NULL;
+        if (!(Py_IS_TYPE(e, TicketType) && SLOT(e, t_state) == i_PARKED
+              && SLOT(e, t_linked) == Py_True)) {
+            Py_DECREF(e);
+            *st = ST_SLOW;
+            return NULL;
         }
         PyObject *moved = SLOT(e, t_item);
-        Py_ssize_t nb_moved = builtin_nbytes(moved);
-        PyObject *head = NULL;
-        Py_ssize_t nb_head = 0;
+        Py_ssize_t nb_moved = builtin_nbytes(moved), nb_head = 0;
         if (n > 0) {
-            head = PySequence_GetItem(buf, 0);
-            if (head == NULL) {
-                Py_DECREF(e);
-                return PYGEN_ERROR;
-            }
+            PyObject *head = PySequence_GetItem(buf, 0);
+            if (head == NULL)
+                goto error_e;
             nb_head = builtin_nbytes(head);
             Py_DECREF(head);
         }
         if (nb_moved < 0 || nb_head < 0) {  /* a registered sized type: Python counts it */
             Py_DECREF(e);
-            if (PyErr_Occurred())
-                return PYGEN_ERROR;
-            return op_delegate(op, result);
+            if (!PyErr_Occurred())
+                *st = ST_SLOW;
+            return NULL;
         }
         PyObject *popped = deque_pop(SLOT(ch, c_sendq));
-        if (popped == NULL) {
-            Py_DECREF(e);
-            return PYGEN_ERROR;
-        }
+        if (popped == NULL)
+            goto error_e;
         Py_DECREF(popped);
         slot_set(e, t_linked, Py_False);
-        if (slot_add(ch, c_nsend, -1) < 0) {
-            Py_DECREF(e);
-            return PYGEN_ERROR;
-        }
+        if (slot_add(ch, c_nsend, -1) < 0)
+            goto error_e;
         slot_set(e, t_state, i_READY);
         Py_INCREF(moved);  /* keeps the item alive once the ticket lets go of it */
         slot_set(e, t_item, Py_None);
         if (n > 0) {
             item = deque_pop(buf);
-            if (item == NULL || deque_push(buf, moved) < 0) {
-                Py_DECREF(moved);
-                Py_DECREF(e);
-                return PYGEN_ERROR;
-            }
+            int bad = item == NULL || deque_push(buf, moved) < 0;
             Py_DECREF(moved);
-            if ((nb_head && slot_add(ch, c_buf_bytes, -nb_head) < 0)
-                    || (nb_moved && slot_add(ch, c_buf_bytes, nb_moved) < 0)) {
-                Py_DECREF(item);
-                Py_DECREF(e);
-                return PYGEN_ERROR;
-            }
+            if (bad || (nb_head && slot_add(ch, c_buf_bytes, -nb_head) < 0)
+                    || (nb_moved && slot_add(ch, c_buf_bytes, nb_moved) < 0))
+                goto error_item;
         }
         else {
-            item = moved;  /* owned */
+            item = moved;
             nb_head = nb_moved;
         }
-        if (slot_add(ch, c_recvs, 1) < 0 || (nb_head && slot_add(ch, c_bytes_recv, nb_head) < 0)) {
-            Py_DECREF(item);
-            Py_DECREF(e);
-            return PYGEN_ERROR;
-        }
-        x = e;
-        st = ST_OK;
+        if (slot_add(ch, c_recvs, 1) < 0 || (nb_head && slot_add(ch, c_bytes_recv, nb_head) < 0))
+            goto error_item;
+        *x = e;
+        *st = ST_OK;
+        return item;
+    error_item:
+        Py_XDECREF(item);
+    error_e:
+        Py_DECREF(e);
+        return NULL;
     }
-    else if (n > 0) {
+    if (n > 0) {
         PyObject *head = PySequence_GetItem(buf, 0);
         if (head == NULL)
-            return PYGEN_ERROR;
+            return NULL;
         Py_ssize_t nb = builtin_nbytes(head);
         Py_DECREF(head);
         if (nb < 0) {
-            if (PyErr_Occurred())
-                return PYGEN_ERROR;
-            return op_delegate(op, result);
+            if (!PyErr_Occurred())
+                *st = ST_SLOW;
+            return NULL;
         }
         item = deque_pop(buf);
         if (item == NULL)
-            return PYGEN_ERROR;
+            return NULL;
         if (slot_add(ch, c_recvs, 1) < 0
                 || (nb && (slot_add(ch, c_bytes_recv, nb) < 0
                            || slot_add(ch, c_buf_bytes, -nb) < 0))) {
             Py_DECREF(item);
+            return NULL;
+        }
+        *st = ST_OK;
+        return item;
+    }
+    if (t == NULL || SLOT(ch, c_closed) != Py_False) {
+        *st = ST_SLOW;
+        return NULL;
+    }
+    slot_set(t, t_state, i_PARKED);
+    slot_set(t, t_linked, Py_True);
+    if (deque_push(SLOT(ch, c_recvq), t) < 0 || slot_add(ch, c_nrecv, 1) < 0)
+        return NULL;
+    *st = ST_PARKED;
+    return NULL;
+}
+
+/* The task's reusable ticket, if its last wait ended by a hand-off (nothing can still
+ * reference it), else NULL (the slow path allocates a fresh one). */
+static inline PyObject *
+reusable_ticket(PyObject *task)
+{
+    PyObject *t = SLOT(task, k_tk);
+    if (t != NULL && Py_IS_TYPE(t, TicketType) && SLOT(t, t_state) == i_COMPLETED)
+        return t;
+    return NULL;
+}
+
+static PySendResult
+op_parked(OpObject *op, PyObject *task, PyObject *t, PyObject **result)
+{
+    slot_set(task, k_on, op->ch);
+    Py_INCREF(t);
+    op->t = t;
+    op->state = OP_PARKED;
+    Py_INCREF(t);
+    *result = t;
+    return PYGEN_NEXT;
+}
+
+/* After a completed fast path: wake the partner, spend budget, return ``value`` (owned). */
+static PySendResult
+op_done(OpObject *op, PyObject *task, PyObject *x, PyObject *value, PyObject **result)
+{
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0) {
+            Py_DECREF(value);
             return PYGEN_ERROR;
         }
-        st = ST_OK;
     }
-    else if (SLOT(ch, c_closed) == Py_False) {
-        t = SLOT(task, k_tk);
-        if (t != NULL && Py_IS_TYPE(t, TicketType) && SLOT(t, t_state) == i_COMPLETED) {
-            slot_set(t, t_state, i_PARKED);
-            slot_set(t, t_linked, Py_True);
-            if (deque_push(SLOT(ch, c_recvq), t) < 0 || slot_add(ch, c_nrecv, 1) < 0)
-                return PYGEN_ERROR;
-            Py_INCREF(t);
-            st = ST_PARKED;
-        }
+    int y = spend_budget(task);
+    if (y < 0) {
+        Py_DECREF(value);
+        return PYGEN_ERROR;
     }
-    if (st == ST_SLOW)
-        return op_delegate(op, result);
-    stamp(ch, rt);
-    /* ---- end of section ---- */
-
-    if (st == ST_PARKED) {
-        slot_set(task, k_on, ch);
-        op->t = t;
-        op->state = OP_PARKED;
-        Py_INCREF(t);
-        *result = t;
+    if (y) {  /* a schedule point: yield None, return ``value`` when resumed */
+        Py_XSETREF(op->item, value);
+        op->state = OP_YIELDED;
+        Py_INCREF(Py_None);
+        *result = Py_None;
         return PYGEN_NEXT;
     }
+    op->state = OP_DONE;
+    *result = value;
+    return PYGEN_RETURN;
+}
+
+/* A caller that is not a kcoro task (asyncio): complete at once if the section can, without
+ * yielding (asyncio's convention); anything else, including "no loop is running", goes to the
+ * Python slow path, which parks on an asyncio future or raises the clear error. */
+static int may_block(void);
+static void stamp_now(PyObject *ch);
+
+static int
+foreign_ok(void)
+{
+    if (PyList_GET_SIZE(token_list) != 1)
+        return 0;
+    PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+    if (loop == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = loop != Py_None;
+    Py_DECREF(loop);
+    return ok;
+}
+
+static PySendResult
+foreign_fast(OpObject *op, PyObject **result)
+{
+    PyObject *x, *item;
+    int st;
+    if (!foreign_ok())
+        return op_delegate(op, result);
+    if (op->is_send) {
+        Py_ssize_t nb = builtin_nbytes(op->item);
+        if (nb == -1)
+            return PYGEN_ERROR;
+        if (nb == -2 || PyList_GET_SIZE(token_list) != 1)
+            return op_delegate(op, result);
+        st = put_section(op->ch, op->item, nb, NULL, &x);
+        item = Py_None;
+        Py_INCREF(item);
+    }
+    else {
+        item = get_section(op->ch, NULL, &x, &st);
+    }
+    if (st == ST_ERROR)
+        return PYGEN_ERROR;
+    if (st != ST_OK) {
+        if (op->is_send)
+            Py_DECREF(item);
+        return op_delegate(op, result);
+    }
+    stamp_now(op->ch);
     if (x != NULL) {
         int r = wake(x);
         Py_DECREF(x);
@@ -542,21 +568,57 @@ recv_fast(OpObject *op, PyObject **result)
             return PYGEN_ERROR;
         }
     }
-    int y = spend_budget(task);
-    if (y < 0) {
-        Py_DECREF(item);
-        return PYGEN_ERROR;
-    }
-    if (y) {
-        op->item = item;  /* returned when the runtime resumes us */
-        op->state = OP_YIELDED;
-        Py_INCREF(Py_None);
-        *result = Py_None;
-        return PYGEN_NEXT;
-    }
     op->state = OP_DONE;
     *result = item;
     return PYGEN_RETURN;
+}
+
+static PySendResult
+send_fast(OpObject *op, PyObject **result)
+{
+    PyObject *task = fast_task(op);
+    if (task == NULL)
+        return op_delegate(op, result);
+    Py_INCREF(task);
+    Py_XSETREF(op->task, task);
+    Py_ssize_t nb = builtin_nbytes(op->item);
+    if (nb == -1)
+        return PYGEN_ERROR;
+    if (nb == -2)
+        return op_delegate(op, result);
+    PyObject *x, *t = reusable_ticket(task);
+    int st = put_section(op->ch, op->item, nb, t, &x);
+    if (st == ST_ERROR)
+        return PYGEN_ERROR;
+    if (st == ST_SLOW)
+        return op_delegate(op, result);
+    stamp(op->ch, op->rt);
+    if (st == ST_PARKED)
+        return op_parked(op, task, t, result);
+    Py_CLEAR(op->item);  /* a send returns None; op->item is reused by a budget yield */
+    Py_INCREF(Py_None);
+    return op_done(op, task, x, Py_None, result);
+}
+
+static PySendResult
+recv_fast(OpObject *op, PyObject **result)
+{
+    PyObject *task = fast_task(op);
+    if (task == NULL)
+        return op_delegate(op, result);
+    Py_INCREF(task);
+    Py_XSETREF(op->task, task);
+    PyObject *x, *t = reusable_ticket(task);
+    int st;
+    PyObject *item = get_section(op->ch, t, &x, &st);
+    if (st == ST_ERROR)
+        return PYGEN_ERROR;
+    if (st == ST_SLOW)
+        return op_delegate(op, result);
+    stamp(op->ch, op->rt);
+    if (st == ST_PARKED)
+        return op_parked(op, task, t, result);
+    return op_done(op, task, x, item, result);
 }
 
 static PySendResult
@@ -564,6 +626,8 @@ op_send_inner(OpObject *op, PyObject *value, PyObject **result)
 {
     switch (op->state) {
     case OP_START:
+        if (op->rt == NULL)
+            return foreign_fast(op, result);
         return op->is_send ? send_fast(op, result) : recv_fast(op, result);
     case OP_PARKED: {
         PyObject *t = op->t;
@@ -594,7 +658,7 @@ op_send_inner(OpObject *op, PyObject *value, PyObject **result)
     }
     case OP_YIELDED:
         op->state = OP_DONE;
-        if (op->is_send || op->item == NULL) {
+        if (op->item == NULL) {
             Py_INCREF(Py_None);
             *result = Py_None;
         }
@@ -726,8 +790,8 @@ new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send, int is_anext)
     op->ch = ch;
     Py_XINCREF(item);
     op->item = item;
-    Py_INCREF(rt);
-    op->rt = rt;
+    Py_XINCREF(rt);
+    op->rt = rt;  /* NULL: not a kcoro task (asyncio, or no loop at all) */
     op->task = NULL;
     op->t = NULL;
     op->sub = NULL;
@@ -772,10 +836,9 @@ chanops_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     PyObject *timeout, *cancel;
     if (parse_kw(args, nargs, kwnames, 1, "send", &timeout, &cancel) < 0)
         return NULL;
-    PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
-    if (rt == NULL || timeout != Py_None || cancel != Py_None)
+    if (!configured || timeout != Py_None || cancel != Py_None)
         return PyObject_CallMethodObjArgs(self, s_send_any, args[0], timeout, cancel, NULL);
-    return new_op(self, args[0], rt, 1, 0);
+    return new_op(self, args[0], (PyObject *)PyThread_tss_get(&rt_key), 1, 0);
 }
 
 static PyObject *
@@ -784,22 +847,124 @@ chanops_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     PyObject *timeout, *cancel;
     if (parse_kw(args, nargs, kwnames, 0, "recv", &timeout, &cancel) < 0)
         return NULL;
-    PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
-    if (rt == NULL || timeout != Py_None || cancel != Py_None)
+    if (!configured || timeout != Py_None || cancel != Py_None)
         return PyObject_CallMethodObjArgs(self, s_recv_any, timeout, cancel, NULL);
-    return new_op(self, NULL, rt, 0, 0);
+    return new_op(self, NULL, (PyObject *)PyThread_tss_get(&rt_key), 0, 0);
 }
 
 static PyObject *
 chanops_anext(PyObject *self)
 {
-    PyObject *rt = configured ? (PyObject *)PyThread_tss_get(&rt_key) : NULL;
-    if (rt == NULL)
+    if (!configured)
         return PyObject_CallMethodNoArgs(self, s_anext_any);
-    return new_op(self, NULL, rt, 0, 1);
+    return new_op(self, NULL, (PyObject *)PyThread_tss_get(&rt_key), 0, 1);
+}
+
+/* ---- blocking twins for OS threads ---------------------------------------------------------- */
+static PyObject *s_send_blocking_slow, *s_recv_blocking_slow;
+
+/* 1 if this thread may block here (no kcoro runtime, no running asyncio loop); 0 lets the Python
+ * path raise its clear error (or handle the case). */
+static int
+may_block(void)
+{
+    if (!configured || PyThread_tss_get(&rt_key) != NULL)
+        return 0;
+    PyObject *loop = PyObject_CallNoArgs(get_running_loop);
+    if (loop == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int ok = loop == Py_None;
+    Py_DECREF(loop);
+    return ok;
+}
+
+static void
+stamp_now(PyObject *ch)
+{
+    PyObject *now = PyLong_FromLongLong((long long)_PyTime_GetMonotonicClock());
+    if (now == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    slot_set(ch, c_last_op_ns, now);
+    PyObject *first = SLOT(ch, c_first_op_ns);
+    if (first == NULL || (PyLong_CheckExact(first) && PyLong_AsSsize_t(first) == 0))
+        slot_set(ch, c_first_op_ns, now);
+    Py_DECREF(now);
+}
+
+static PyObject *
+chanops_send_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *timeout, *cancel, *x;
+    if (parse_kw(args, nargs, kwnames, 1, "send_blocking", &timeout, &cancel) < 0)
+        return NULL;
+    PyObject *item = args[0];
+    if (timeout != Py_None || cancel != Py_None || !may_block()
+            || PyList_GET_SIZE(token_list) != 1)
+        goto slow;
+    Py_ssize_t nb = builtin_nbytes(item);
+    if (nb == -1)
+        return NULL;
+    if (nb == -2 || PyList_GET_SIZE(token_list) != 1)
+        goto slow;
+    int st = put_section(self, item, nb, NULL, &x);
+    if (st == ST_ERROR)
+        return NULL;
+    if (st != ST_OK)
+        goto slow;
+    stamp_now(self);
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
+slow:
+    return PyObject_CallMethodObjArgs(self, s_send_blocking_slow, item, timeout, cancel, NULL);
+}
+
+static PyObject *
+chanops_recv_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *timeout, *cancel, *x;
+    int st;
+    if (parse_kw(args, nargs, kwnames, 0, "recv_blocking", &timeout, &cancel) < 0)
+        return NULL;
+    if (timeout != Py_None || cancel != Py_None || !may_block()
+            || PyList_GET_SIZE(token_list) != 1)
+        goto slow;
+    PyObject *item = get_section(self, NULL, &x, &st);
+    if (st == ST_ERROR)
+        return NULL;
+    if (st != ST_OK)
+        goto slow;
+    stamp_now(self);
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0) {
+            Py_DECREF(item);
+            return NULL;
+        }
+    }
+    return item;
+slow:
+    return PyObject_CallMethodObjArgs(self, s_recv_blocking_slow, timeout, cancel, NULL);
 }
 
 static PyMethodDef chanops_methods[] = {
+    {"send_blocking", (PyCFunction)(void (*)(void))chanops_send_blocking,
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_blocking(item, *, timeout=None, cancel=None)\n--\n\n"
+     "send for a plain OS thread (RuntimeError from a thread running a loop)."},
+    {"recv_blocking", (PyCFunction)(void (*)(void))chanops_recv_blocking,
+     METH_FASTCALL | METH_KEYWORDS,
+     "recv_blocking(*, timeout=None, cancel=None)\n--\n\n"
+     "recv for a plain OS thread (RuntimeError from a thread running a loop)."},
     {"send", (PyCFunction)(void (*)(void))chanops_send, METH_FASTCALL | METH_KEYWORDS,
      "send(item, *, timeout=None, cancel=None)\n--\n\n"
      "Send item; park while the channel is full (rendezvous: until a receiver takes it).\n"
@@ -1036,6 +1201,15 @@ PyInit__speedups(void)
     INTERN(s_send_any, "_send_any");
     INTERN(s_recv_any, "_recv_any");
     INTERN(s_anext_any, "_anext_any");
+    INTERN(s_send_blocking_slow, "_send_blocking_slow");
+    INTERN(s_recv_blocking_slow, "_recv_blocking_slow");
+    PyObject *asyncio = PyImport_ImportModule("asyncio");
+    if (asyncio == NULL)
+        return NULL;
+    get_running_loop = PyObject_GetAttrString(asyncio, "_get_running_loop");
+    Py_DECREF(asyncio);
+    if (get_running_loop == NULL)
+        return NULL;
     INTERN(s_poke, "_poke");
     INTERN(s_wake, "_wake");
     INTERN(s_READY, "READY");
