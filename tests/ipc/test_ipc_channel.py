@@ -544,3 +544,19 @@ def test_nothing_in_dev_shm_and_memfd_is_used() -> None:
     link = os.readlink(f"/proc/self/fd/{ch._r.fd}")
     assert link.startswith("/memfd:kcoro-ipc")
     time.sleep(0)
+
+
+def test_select_over_ipc_from_asyncio_and_threads() -> None:
+    ch: ipc.Channel[Any] = ipc.Channel(4)
+    local: kcoro.Channel[Any] = kcoro.Channel(1)
+    p = start(workers.produce, ch, 3, False)
+
+    async def amain() -> list[Any]:
+        return [await kcoro.select(local.on_recv(), ch.on_recv(), timeout=20)
+                for _ in range(2)]
+
+    got = asyncio.run(amain())
+    assert got == [(1, 0), (1, 1)]
+    i, v = kcoro.select_blocking(local.on_recv(), ch.on_recv(), timeout=20)
+    assert (i, v) == (1, 2)
+    p.join(10)
