@@ -20,8 +20,9 @@ Spawned operations can be interrupted every way the API offers (``HOWS``): ``tas
 
 Extension point: :data:`OPS` maps an operation name to ``(strategy of its arguments, step)``;
 ``step(env, *args)`` applies the operation to both the model (``env.m``) and the real channel
-(``env.ch``) and asserts any immediate result.  Select clauses can be added there (a select task
-is one more kind of parked waiter, registered in several queues at once).
+(``env.ch``) and asserts any immediate result.  Selects are modelled as waiters registered on
+every side at once (``SELECTS``): a select sending on ch or receiving from ch with a losing clause
+on an idle channel, and a select that sends and receives on ch (it must never pair with itself).
 """
 
 from __future__ import annotations
@@ -77,10 +78,27 @@ def raised(name: str) -> Outcome:
 @dataclass
 class Waiter:
     tid: int
-    side: str            # "send" | "recv"
+    side: str            # "send" | "recv" | "both" (a select sending and receiving on ch)
     item: Any            # a parked sender's item
     how: str
     deadline: float      # math.inf when no deadline applies
+    sel: str = ""        # "" plain op; else the select form (see SELECTS)
+
+    def result(self, got: str, value: Any) -> Outcome:
+        """What the task returns when a partner completes it on side ``got``."""
+        if not self.sel:
+            return (OK, value)
+        return (OK, (SELECTS[self.sel][got], value))
+
+
+# Select forms, with the clause index of each side on ``ch``.  The other clause of "sel_send" /
+# "sel_recv" is on an idle channel nobody uses (it always loses); "sel_both" offers an item on
+# ch and receives from ch in one select (it must never pair with itself).
+SELECTS: dict[str, dict[str, int]] = {
+    "sel_send": {"send": 0},
+    "sel_recv": {"recv": 1},
+    "sel_both": {"send": 0, "recv": 1},
+}
 
 
 @dataclass
@@ -102,7 +120,10 @@ class ChannelModel:
 
     def finish(self, tid: int, outcome: Outcome) -> None:
         w = self.parked.pop(tid)
-        (self.sendq if w.side == "send" else self.recvq).remove(tid)
+        if w.side in ("send", "both"):
+            self.sendq.remove(tid)
+        if w.side in ("recv", "both"):
+            self.recvq.remove(tid)
         self.outcomes[tid] = outcome
 
     # An offer: "ok" (accepted), "dropped" (DROP_LATEST and full), "full", "closed".
@@ -110,7 +131,8 @@ class ChannelModel:
         if self.closed:
             return "closed"
         if self.recvq:
-            self.finish(self.recvq[0], (OK, item))
+            tid = self.recvq[0]
+            self.finish(tid, self.parked[tid].result("recv", item))
             self.sends += 1
             self.recvs += 1
             return "ok"
@@ -137,14 +159,14 @@ class ChannelModel:
                 tid = self.sendq[0]
                 self.buf.append(self.parked[tid].item)
                 self.sends += 1
-                self.finish(tid, (OK, None))
+                self.finish(tid, self.parked[tid].result("send", None))
             return True, item
         if self.sendq:
             tid = self.sendq[0]
             item = self.parked[tid].item
             self.sends += 1
             self.recvs += 1
-            self.finish(tid, (OK, None))
+            self.finish(tid, self.parked[tid].result("send", None))
             return True, item
         return False, ("closed" if self.closed else "empty")
 
@@ -156,7 +178,8 @@ class ChannelModel:
             self.finish(tid, raised("ChannelClosed"))
         if not self.buf:
             for tid in list(self.recvq):
-                self.finish(tid, raised("ChannelClosed"))
+                if tid in self.parked:  # (a "both" select already failed as a sender)
+                    self.finish(tid, raised("ChannelClosed"))
         return True
 
     def cancel(self) -> None:
@@ -166,7 +189,8 @@ class ChannelModel:
         self.undelivered.extend(self.buf)
         self.buf.clear()
         for tid in self.sendq + self.recvq:
-            self.finish(tid, raised("ChannelClosed"))
+            if tid in self.parked:
+                self.finish(tid, raised("ChannelClosed"))
 
     def interrupt(self, tid: int, outcome: Outcome) -> None:
         if tid in self.parked:
@@ -188,6 +212,7 @@ class Env:
     m: ChannelModel
     clock: MockClock
     undelivered: list[Any]
+    idle: kcoro.Channel[Any] = field(default_factory=lambda: kcoro.Channel(name="idle"))
     tasks: dict[int, kcoro.Task[None]] = field(default_factory=dict)
     tokens: dict[int, kcoro.CancelToken] = field(default_factory=dict)
     outcomes: dict[int, Outcome] = field(default_factory=dict)
@@ -206,7 +231,15 @@ async def _op_task(env: Env, tid: int, side: str, item: Any, how: str, d: float)
     ch = env.ch
 
     def op(**kw: Any) -> Awaitable[Any]:
-        return ch.send(item, **kw) if side == "send" else ch.recv(**kw)
+        if side == "send":
+            return ch.send(item, **kw)
+        if side == "recv":
+            return ch.recv(**kw)
+        if side == "sel_send":
+            return kcoro.select(ch.on_send(item), env.idle.on_recv(), **kw)
+        if side == "sel_recv":
+            return kcoro.select(env.idle.on_recv(), ch.on_recv(), **kw)
+        return kcoro.select(ch.on_send(item), ch.on_recv(), **kw)  # sel_both
 
     try:
         if how == "plain":
@@ -271,35 +304,45 @@ def _spawn_model(env: Env, tid: int, side: str, item: Any, how: str, d: float) -
     if how == "dead_scope":
         m.outcomes[tid] = MOVED_ON
         return
-    if side == "send":
+    sel = side if side.startswith("sel_") else ""
+    sides = SELECTS[sel] if sel else {side: 0}
+    w = Waiter(tid, "", item, how, math.inf, sel)
+    # Probe in clause order (select is biased to argument order): send before receive.
+    if "send" in sides:
         r = m.offer(item)
         if r == "ok" or r == "dropped":
             if r == "dropped":  # send() (not try_send) reports its own dropped item
                 m.undelivered.append(item)
                 m.sends += 1
-            m.outcomes[tid] = (OK, None)
+            m.outcomes[tid] = w.result("send", None)
             return
         if r == "closed":
             m.outcomes[tid] = raised("ChannelClosed")
             return
-        m.sendq.append(tid)
-    else:
+    if "recv" in sides:
         ok, v = m.take()
         if ok:
-            m.outcomes[tid] = (OK, v)
+            m.outcomes[tid] = w.result("recv", v)
             return
         if v == "closed":
             m.outcomes[tid] = raised("ChannelClosed")
             return
-        m.recvq.append(tid)
+    # Nothing ready: register on every side at once.
+    if "send" in sides:
+        m.sendq.append(tid)
+    else:
         item = None
-    deadline = m.now + d if how in ("timeout", "scope", "fail_after") else math.inf
-    m.parked[tid] = Waiter(tid, side, item, how, deadline)
+    if "recv" in sides:
+        m.recvq.append(tid)
+    w.side = "both" if len(sides) == 2 else next(iter(sides))
+    w.item = item
+    w.deadline = m.now + d if how in ("timeout", "scope", "fail_after") else math.inf
+    m.parked[tid] = w
 
 
 async def _spawn(env: Env, side: str, how: str, d: float) -> None:
     tid = len(env.tasks) + 1
-    item = env.fresh_item() if side == "send" else None
+    item = env.fresh_item() if side in ("send", "sel_send", "sel_both") else None
     if how in ("token", "dead_token"):
         tok = env.tokens[tid] = kcoro.CancelToken()
         if how == "dead_token":
@@ -315,6 +358,18 @@ async def step_send(env: Env, how: str, d: float) -> None:
 
 async def step_recv(env: Env, how: str, d: float) -> None:
     await _spawn(env, "recv", how, d)
+
+
+async def step_select_send(env: Env, how: str, d: float) -> None:
+    await _spawn(env, "sel_send", how, d)
+
+
+async def step_select_recv(env: Env, how: str, d: float) -> None:
+    await _spawn(env, "sel_recv", how, d)
+
+
+async def step_select_both(env: Env, how: str, d: float) -> None:
+    await _spawn(env, "sel_both", how, d)
 
 
 async def step_cancel_task(env: Env, idx: int) -> None:
@@ -375,6 +430,9 @@ OPS: dict[str, tuple[st.SearchStrategy[tuple[Any, ...]], Step]] = {
     "try_recv": (st.just(()), step_try_recv),
     "send": (st.tuples(_hows, _delays), step_send),
     "recv": (st.tuples(_hows, _delays), step_recv),
+    "select_send": (st.tuples(_hows, _delays), step_select_send),
+    "select_recv": (st.tuples(_hows, _delays), step_select_recv),
+    "select_both": (st.tuples(_hows, _delays), step_select_both),
     "cancel_task": (st.tuples(_idx), step_cancel_task),
     "fire_token": (st.tuples(_idx), step_fire_token),
     "advance": (st.tuples(st.integers(1, 3)), step_advance),
@@ -423,6 +481,11 @@ def compare(env: Env, where: str) -> None:
         f"stats (buffered, peak, waiting_senders, waiting_receivers, closed_for_send, "
         f"closed_for_recv, sends, recvs, undelivered) {got} != model {expect} {ctx}")
     assert ch.closed_for_send == m.closed and ch.closed_for_recv == (m.closed and not m.buf)
+    idle = env.idle.stats()
+    parked_on_idle = sum(1 for w in m.parked.values() if w.sel in ("sel_send", "sel_recv"))
+    assert (idle.waiting_receivers, idle.waiting_senders, idle.buffered) == (
+        parked_on_idle, 0, 0), f"select registrations on the idle channel {idle} {ctx}"
+    env.idle.check_invariants()
     # conservation: everything accepted is received, reported, or still buffered
     assert s.sends == s.recvs + s.undelivered + s.buffered, f"conservation {s} {ctx}"
 
@@ -519,3 +582,30 @@ def test_model_detects_a_wrong_channel() -> None:
     ops = dict(OPS, close=(st.just(()), bogus_close))
     with pytest.raises(AssertionError, match="undelivered differ"):
         run_history("buffered2", [("try_send", ()), ("close", ())], ops)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_fixed_history_selects(kind: str) -> None:
+    """Selects as waiters: completed by plain partners on either side, never pairing with
+    themselves, interrupted every way, failed by close; their losing registrations vanish."""
+    history: list[tuple[str, tuple[Any, ...]]] = [
+        ("select_both", ("plain", 0.5)), ("select_recv", ("timeout", 1.5)),
+        ("select_send", ("plain", 0.5)), ("try_recv", ()), ("send", ("plain", 0.5)),
+        ("select_both", ("token", 0.5)), ("recv", ("plain", 0.5)), ("fire_token", (0,)),
+        ("select_recv", ("scope", 2.5)), ("advance", (3,)), ("select_both", ("plain", 0.5)),
+        ("select_send", ("plain", 0.5)), ("try_send", ()), ("try_recv", ()),
+        ("then_cancel", ("try_recv", 0, "task")), ("select_recv", ("plain", 0.5)),
+        ("select_both", ("fail_after", 1.5)), ("close", ()), ("select_recv", ("plain", 0.5)),
+    ]
+    run_history(kind, history)
+
+
+def test_model_detects_a_select_reporting_the_wrong_clause() -> None:
+    """The select outcomes are really compared: a model expecting another index fails."""
+    saved = SELECTS["sel_recv"]["recv"]
+    SELECTS["sel_recv"]["recv"] = 0
+    try:
+        with pytest.raises(AssertionError, match="outcomes differ"):
+            run_history("buffered2", [("try_send", ()), ("select_recv", ("plain", 0.5))])
+    finally:
+        SELECTS["sel_recv"]["recv"] = saved
