@@ -209,3 +209,27 @@ sys.stdin.read()
     with pytest.raises(ConnectionRefusedError):
         s.connect(path)  # the abstract rendezvous vanished with its process
     s.close()
+
+
+def test_process_killed_inside_a_locked_section() -> None:
+    ch: ipc.Channel[Any] = ipc.Channel(4, on_peer_death="ignore")
+    p = start(workers.die_inside_a_section, ch)
+    p.join(20)
+    assert p.exitcode == -signal.SIGKILL
+    # the kernel released its flock; the next holder sees the dirty marker, checks the
+    # allocator, and carries on (or marks the channel broken if it were inconsistent)
+    assert ch.recv_blocking(timeout=DEADLINE) == "before"
+    ch.send_blocking("after", timeout=DEADLINE)
+    assert ch.recv_blocking(timeout=DEADLINE) == "after"
+    assert ch._r.h32[18] == 0  # the dirty marker was cleared
+    ch.check_invariants()
+
+
+def test_killed_mid_allocator_update_marks_the_channel_broken() -> None:
+    ch: ipc.Channel[Any] = ipc.Channel(4, on_peer_death="ignore")
+    p = start(workers.die_mid_allocator_update, ch)
+    p.join(20)
+    with pytest.raises(kcoro.ChannelClosed, match="broken"):
+        ch.recv_blocking(timeout=DEADLINE)
+    with pytest.raises(kcoro.ChannelClosed, match="broken"):
+        ch.send_blocking("x", timeout=DEADLINE)

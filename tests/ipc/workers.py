@@ -107,3 +107,25 @@ def echo_blocking(inp: ipc.Channel[Any], out: ipc.Channel[Any], n: int) -> None:
 def attach_and_sleep(ch: ipc.Channel[Any]) -> None:
     ch.check_invariants()  # attaches this process
     time.sleep(3600)
+
+
+def die_inside_a_section(ch: ipc.Channel[Any]) -> None:
+    """Take the channel lock and get SIGKILLed while holding it (a crash mid-update)."""
+    import signal
+
+    ch.try_send("before")
+    ch._r.enter()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def die_mid_allocator_update(ch: ipc.Channel[Any]) -> None:
+    """Die holding the lock with the allocator half-updated (a free block unlinked)."""
+    import signal
+
+    ch.check_invariants()
+    r = ch._r
+    r.enter()
+    a = r.arena
+    head = a._m.heads[a._maxorder] - 1
+    a._unlink(head, a._maxorder)  # removed from its free list, not yet marked allocated
+    os.kill(os.getpid(), signal.SIGKILL)
