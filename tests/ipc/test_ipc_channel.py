@@ -560,3 +560,19 @@ def test_select_over_ipc_from_asyncio_and_threads() -> None:
     i, v = kcoro.select_blocking(local.on_recv(), ch.on_recv(), timeout=20)
     assert (i, v) == (1, 2)
     p.join(10)
+
+
+def test_idle_waiters_spend_no_cpu() -> None:
+    """A thread parked on an IPC channel sleeps in poll (after a 50 µs spin): over a second of
+    waiting this process uses a tiny fraction of that second of CPU."""
+    ch: ipc.Channel[Any] = ipc.Channel()
+    other: ipc.Channel[Any] = ipc.Channel()
+    c = start(workers.park_in_recv, other)  # a peer parked too (its own process)
+    wait_until(lambda: other._r.armed_recv_total() == 1, timeout=20)
+    t0 = time.process_time()
+    with pytest.raises(TimeoutError):
+        ch.recv_blocking(timeout=1.0)
+    used = time.process_time() - t0
+    assert used < 0.2, f"{used:.3f}s of CPU while parked for 1s"
+    os.kill(c.pid, 9)
+    c.join(10)
