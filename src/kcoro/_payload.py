@@ -597,13 +597,4 @@ class Payload:
         return f"<Payload id={self.id} {self.nbytes} bytes {where} refs={self._refs}>"
 
 
-class _NullLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 _alias_lock = threading.RLock()
-_ = _NullLock

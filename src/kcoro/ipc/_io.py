@@ -37,7 +37,6 @@ log = logging.getLogger("kcoro.ipc")
 
 __all__ = ["IoThread", "io_thread", "ring_bell"]
 
-_send_sock: socket.socket | None = None
 # Safety net, once a second while a channel is attached: a peer that died between claiming its
 # slot and ringing us (so we never opened its pidfd) is found by comparing membership epochs.
 TICK_MS = 1000
@@ -172,9 +171,8 @@ def io_thread() -> IoThread:
 
 
 def _after_fork() -> None:
-    global _io, _send_sock, _io_lock
+    global _io, _io_lock
     _io = None  # threads do not survive fork: the child starts its own on first use
-    _send_sock = None
     _bells.clear()  # (the inherited sockets are shared with the parent: leave them open)
     _io_lock = threading.Lock()
 
