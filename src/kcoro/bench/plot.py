@@ -52,8 +52,8 @@ def _legend(fig: Any, run: Run, rows: list[Row]) -> None:
                "floors (no channel)": any(r.is_floor for r in rows)}
     handles = [patches.Patch(facecolor=c, hatch=h, edgecolor="#495057" if h else "none",
                              label=label) for label, c, h in kinds if present[label]]
-    fig.legend(handles=handles, loc="lower right", ncol=len(handles), fontsize=7,
-               frameon=False, bbox_to_anchor=(0.995, 0.0))
+    fig.legend(handles=handles, loc="upper right", ncol=2, fontsize=7.5,
+               frameon=False, bbox_to_anchor=(0.995, 0.995))
 
 
 def _color(r: Row) -> str:
@@ -149,14 +149,18 @@ def plot_bench(run: Run, bench_id: str, path: str) -> None:
             groups.append(r.impl.group)
     per = [[r for r in rows if r.impl.group == g] for g in groups]
     heights = [max(2.0, 0.36 * len(p) + 1.0) for p in per]
-    fig, axes = plt.subplots(len(per), 1, figsize=(11, sum(heights) + 1.0),
+    height = sum(heights) + 1.3
+    fig, axes = plt.subplots(len(per), 1, figsize=(11, height),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
     b = rows[0].bench
-    fig.suptitle(f"{b.id} {b.title}: {b.describe}", fontsize=11, x=0.01, ha="left")
+    fig.text(0.01, 1 - 0.12 / height, f"{b.id} {b.title}", fontsize=12, weight="bold",
+             ha="left", va="top")
+    fig.text(0.01, 1 - 0.42 / height, b.describe, fontsize=9, color="#495057", ha="left",
+             va="top")
     for ax, g, p in zip(axes[:, 0], groups, per):
         _panel(ax, run, p, g)
     _footer(fig, run)
-    fig.tight_layout(rect=(0, 0.3 / (sum(heights) + 1.0), 1, 0.97))
+    fig.tight_layout(rect=(0, 0.25 / height, 1, 1 - 0.7 / height))
     _legend(fig, run, rows)
     fig.savefig(path, dpi=110)
     plt.close(fig)

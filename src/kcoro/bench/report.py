@@ -97,7 +97,9 @@ def ratio_text(rows: list[Row], row: Row) -> str:
             return "reference"
         bp = best_peer(rows, row)
         c = compare(row, bp) if bp is not None else None
-        return f"{c.text} than best peer" if c is not None else ""
+        if c is None:
+            return ""
+        return c.text if "idle" in c.text else f"{c.text} than best peer"
     ref = reference(rows, row)
     c = compare(ref, row) if ref is not None else None
     if c is None:
@@ -190,8 +192,9 @@ def summary_lines(run: Run) -> list[str]:
                f"{fmt_value(s['kcoro_median'], s['unit'])} {s['unit']}")
         bp = s.get("best_peer")
         if bp:
+            who = "" if "idle" in bp["text"] else "kcoro "
             txt += (f"; best peer {bp['impl']} {bp['mode']} "
-                    f"{fmt_value(bp['median'], s['unit'])} -> kcoro {bp['text']}")
+                    f"{fmt_value(bp['median'], s['unit'])} -> {who}{bp['text']}")
         for f in s["floors"]:
             if f["factor"]:
                 txt += (f"; floor {f['impl']} {fmt_value(f['median'], s['unit'])} "

@@ -63,23 +63,23 @@ class Impl:
 
 
 BENCHES: tuple[Bench, ...] = (
-    Bench("B1", "ping-pong", "ns/hop", True, 100_000, 2_000, "round trips",
+    Bench("B1", "ping-pong", "ns/hop", True, 100_000, 1_000, "round trips",
           describe="two tasks bounce one int over two channels; time per one-way hop"),
-    Bench("B2", "stream", "msgs/s", False, 1_000_000, 20_000, "messages",
+    Bench("B2", "stream", "msgs/s", False, 1_000_000, 10_000, "messages",
           describe="1 producer -> 1 consumer, capacity 64, small ints"),
-    Bench("B3", "fan-in 4->1", "msgs/s", False, 1_000_000, 20_000, "messages",
+    Bench("B3", "fan-in 4->1", "msgs/s", False, 1_000_000, 10_000, "messages",
           describe="4 producers -> 1 consumer, capacity 64"),
-    Bench("B4", "select", "msgs/s", False, 400_000, 8_000, "messages",
+    Bench("B4", "select", "msgs/s", False, 400_000, 4_000, "messages",
           describe="1 consumer selecting over 4 channels (capacity 64) fed by 4 producers"),
-    Bench("B5", "threads", "msgs/s", False, 200_000, 4_000, "messages",
+    Bench("B5", "threads", "msgs/s", False, 200_000, 2_000, "messages",
           describe="one OS thread -> one task (and the reverse), capacity 64"),
     Bench("B6", "ipc bulk", "GB/s", False, 1 << 30, 64 << 20, "bytes", warmup=False,
           describe="1 MiB payloads from one process to another"),
     Bench("B7", "ipc latency", "us/hop", True, 20_000, 500, "round trips", warmup=False,
           describe="small-message ping-pong between two processes"),
-    Bench("B8", "idle", "CPU %", True, 5, 0.5, "seconds parked", warmup=False,
+    Bench("B8", "idle", "CPU %", True, 5, 0.3, "seconds parked", warmup=False,
           describe="10k tasks parked on channels/tickets; CPU of one core while parked"),
-    Bench("B9", "tokens", "ns/ticket", True, 100_000, 2_000, "tickets",
+    Bench("B9", "tokens", "ns/ticket", True, 100_000, 1_000, "tickets",
           describe="publish -> complete from another thread -> wake"),
 )
 

@@ -40,7 +40,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--with-metrics", action="store_true",
                    help="also run every kcoro row with kcoro.metrics.serve() active")
     p.add_argument("--from-json", metavar="PATH",
-                   help="measure nothing: re-print (and --plot) the results saved by --json")
+                   help="measure nothing: re-print (and --plot) the results saved by --json "
+                        "(--only filters them)")
     p.add_argument("--markdown", metavar="PATH",
                    help="write the results section of docs/BENCHMARKS.md (charts linked from "
                         "the --plot directory, relative to PATH)")
@@ -65,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         if args.from_json:
             with open(args.from_json) as f:
                 result = report.from_json(json.load(f))
+            if args.only:
+                keep = {b.upper() for b in args.only}
+                result.rows = [r for r in result.rows if r.bench.id in keep]
         else:
             result = run_bench(opts, command=command)
     except ValueError as exc:
