@@ -100,7 +100,7 @@ def _panel(ax: Any, run: Run, rows: list[Row], title: str) -> None:
                 txt += f"  floor: kcoro at {1 / c.factor:.1f}x"
             color = MUTED
         elif ratio and not r.is_kcoro:
-            txt += f"  kcoro {ratio}"
+            txt += f"  {ratio}" if "idle" in ratio else f"  kcoro {ratio}"
             color = GOOD if ("faster" in ratio or "less" in ratio) else (
                 BAD if ("slower" in ratio or "more" in ratio) else MUTED)
         elif r.with_metrics and ratio:
@@ -119,6 +119,8 @@ def _panel(ax: Any, run: Run, rows: list[Row], title: str) -> None:
     if positive:
         lo_x = min(positive) / 3 if log else 0
         hi_x = max(max(r.samples) for r in ok) * (6 if log else 1.55)
+        if bench.unit == "CPU %":
+            hi_x = max(hi_x, 1.0)  # a 0-1 % axis: noise around 0 must not look like a gap
         ax.set_xlim(lo_x, hi_x)
     ax.set_ylim(-0.7, len(items) - 0.3)
     better = "lower" if lower else "higher"
