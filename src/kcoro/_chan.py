@@ -1316,9 +1316,15 @@ class Channel(_ChanOps[T], Generic[T]):
 
 def _release_undelivered(ch: Channel[Any], items: list[Any] | tuple[Any, ...]) -> None:
     """Undelivered zero-copy payloads are released exactly once (see kcoro._zref)."""
-    from ._zref import release_undelivered
+    global _release_payloads
+    if _release_payloads is None:
+        from ._zref import release_undelivered
 
-    release_undelivered(ch, items)
+        _release_payloads = release_undelivered
+    _release_payloads(ch, items)
+
+
+_release_payloads: Callable[[Channel[Any], list[Any] | tuple[Any, ...]], None] | None = None
 
 
 # Every new channel is registered (weakly) for kcoro.metrics.

@@ -40,7 +40,8 @@ static int configured = 0;
 
 /* slot offsets */
 static Py_ssize_t c_buf, c_cap, c_closed, c_drop, c_nrecv, c_nsend, c_recvq, c_sendq, c_peak,
-    c_recvs, c_bytes_recv, c_buf_bytes, c_last_op_ns, c_first_op_ns;
+    c_recvs, c_bytes_recv, c_buf_bytes, c_last_op_ns, c_first_op_ns, c_undelivered,
+    c_lost_bytes, c_on_undelivered;
 static Py_ssize_t t_state, t_waker, t_payload, t_item, t_linked;
 static Py_ssize_t k_scope, k_budget, k_tk, k_on, k_rt, k_state;
 static Py_ssize_t s_eff;
@@ -146,6 +147,26 @@ deque_pop(PyObject *dq)
 {
     PyObject *args[1] = {dq};
     return PyObject_Vectorcall(deque_popleft, args, 1, NULL);
+}
+
+static PyObject *s_report;
+
+/* Give an item evicted by DROP_OLDEST to on_undelivered (outside the section); consumes it. */
+static int
+report_dropped(PyObject *ch, PyObject *old)
+{
+    int rc = 0;
+    PyObject *h = SLOT(ch, c_on_undelivered);
+    if (h != NULL && h != Py_None) {
+        PyObject *items = PyTuple_Pack(1, old);
+        PyObject *r = items ? PyObject_CallMethodOneArg(ch, s_report, items) : NULL;
+        Py_XDECREF(items);
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+    }
+    Py_DECREF(old);
+    return rc;
 }
 
 /* Wake the owner of a completed ticket (outside the section). */
@@ -286,13 +307,16 @@ fast_task(OpObject *op)
 enum { ST_SLOW, ST_OK, ST_PARKED, ST_ERROR };
 
 /* The send section shared by every fast path: hand ``item`` to the first parked plain receiver,
- * or append it to a buffer with room, or (if ``t`` is a reusable ticket) park ``t`` as a sender.
- * ``nb`` is the item's byte count (builtin_nbytes >= 0).  On ST_OK ``*x`` is a ticket to wake
- * (owned) or NULL.  No Python code runs here. */
+ * or append it to a buffer with room, or evict the oldest item of a full DROP_OLDEST/conflated
+ * buffer (``*dropped``, owned: the caller reports it), or (if ``t`` is a reusable ticket) park
+ * ``t`` as a sender.  ``nb`` is the item's byte count (builtin_nbytes >= 0).  On ST_OK ``*x`` is
+ * a ticket to wake (owned) or NULL.  No Python code runs here. */
 static int
-put_section(PyObject *ch, PyObject *item, Py_ssize_t nb, PyObject *t, PyObject **x)
+put_section(PyObject *ch, PyObject *item, Py_ssize_t nb, PyObject *t, PyObject **x,
+            PyObject **dropped)
 {
     *x = NULL;
+    *dropped = NULL;
     Py_ssize_t nrecv = slot_ssize(ch, c_nrecv);
     if (nrecv > 0) {
         PyObject *e = PySequence_GetItem(SLOT(ch, c_recvq), 0);
@@ -342,8 +366,29 @@ put_section(PyObject *ch, PyObject *item, Py_ssize_t nb, PyObject *t, PyObject *
             return ST_ERROR;
         return ST_OK;
     }
-    if (t == NULL || slot_ssize(ch, c_drop) != 0)
-        return ST_SLOW;  /* full: wait in Python, or apply an overflow policy */
+    Py_ssize_t drop = slot_ssize(ch, c_drop);
+    if (drop == 1 && n > 0) {  /* DROP_OLDEST / conflated: evict the head, keep the new item */
+        PyObject *head = PySequence_GetItem(buf, 0);
+        if (head == NULL)
+            return ST_ERROR;
+        Py_ssize_t nb_old = builtin_nbytes(head);
+        Py_DECREF(head);
+        if (nb_old < 0)
+            return PyErr_Occurred() ? ST_ERROR : ST_SLOW;  /* e.g. a payload: Python releases it */
+        PyObject *old = deque_pop(buf);
+        if (old == NULL)
+            return ST_ERROR;
+        if (deque_push(buf, item) < 0 || slot_add(ch, c_undelivered, 1) < 0
+                || (nb - nb_old && slot_add(ch, c_buf_bytes, nb - nb_old) < 0)
+                || (nb_old && slot_add(ch, c_lost_bytes, nb_old) < 0)) {
+            Py_DECREF(old);
+            return ST_ERROR;
+        }
+        *dropped = old;
+        return ST_OK;
+    }
+    if (t == NULL || drop != 0)
+        return ST_SLOW;  /* full: wait in Python, or apply DROP_LATEST */
     slot_set(t, t_state, i_PARKED);
     slot_set(t, t_item, item);
     slot_set(t, t_linked, Py_True);
@@ -545,7 +590,12 @@ foreign_fast(OpObject *op, PyObject **result)
             return PYGEN_ERROR;
         if (nb == -2 || PyList_GET_SIZE(token_list) != 1)
             return op_delegate(op, result);
-        st = put_section(op->ch, op->item, nb, NULL, &x);
+        PyObject *old;
+        st = put_section(op->ch, op->item, nb, NULL, &x, &old);
+        if (old != NULL && report_dropped(op->ch, old) < 0) {
+            Py_XDECREF(x);
+            return PYGEN_ERROR;
+        }
         item = Py_None;
         Py_INCREF(item);
     }
@@ -586,10 +636,12 @@ send_fast(OpObject *op, PyObject **result)
         return PYGEN_ERROR;
     if (nb == -2)
         return op_delegate(op, result);
-    PyObject *x, *t = reusable_ticket(task);
-    int st = put_section(op->ch, op->item, nb, t, &x);
+    PyObject *x, *old, *t = reusable_ticket(task);
+    int st = put_section(op->ch, op->item, nb, t, &x, &old);
     if (st == ST_ERROR)
         return PYGEN_ERROR;
+    if (old != NULL && report_dropped(op->ch, old) < 0)
+        return PYGEN_ERROR;  /* after the send happened, as the Python path raises */
     if (st == ST_SLOW)
         return op_delegate(op, result);
     stamp(op->ch, op->rt);
@@ -910,12 +962,17 @@ chanops_send_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
         return NULL;
     if (nb == -2 || PyList_GET_SIZE(token_list) != 1)
         goto slow;
-    int st = put_section(self, item, nb, NULL, &x);
+    PyObject *old;
+    int st = put_section(self, item, nb, NULL, &x, &old);
     if (st == ST_ERROR)
         return NULL;
     if (st != ST_OK)
         goto slow;
     stamp_now(self);
+    if (old != NULL && report_dropped(self, old) < 0) {
+        Py_XDECREF(x);
+        return NULL;
+    }
     if (x != NULL) {
         int r = wake(x);
         Py_DECREF(x);
@@ -1123,7 +1180,9 @@ configure(PyObject *mod, PyObject *args)
         {chan_cls, "_sendq", &c_sendq}, {chan_cls, "_peak", &c_peak},
         {chan_cls, "recvs", &c_recvs}, {chan_cls, "bytes_recv", &c_bytes_recv},
         {chan_cls, "_buf_bytes", &c_buf_bytes}, {chan_cls, "last_op_ns", &c_last_op_ns},
-        {chan_cls, "first_op_ns", &c_first_op_ns},
+        {chan_cls, "first_op_ns", &c_first_op_ns}, {chan_cls, "undelivered", &c_undelivered},
+        {chan_cls, "_lost_bytes", &c_lost_bytes},
+        {chan_cls, "_on_undelivered", &c_on_undelivered},
         {ticket_cls, "_state", &t_state}, {ticket_cls, "_waker", &t_waker},
         {ticket_cls, "payload", &t_payload}, {ticket_cls, "item", &t_item},
         {ticket_cls, "linked", &t_linked},
@@ -1212,6 +1271,7 @@ PyInit__speedups(void)
         return NULL;
     INTERN(s_poke, "_poke");
     INTERN(s_wake, "_wake");
+    INTERN(s_report, "_report");
     INTERN(s_READY, "READY");
     INTERN(s_PARKED_str, "PARKED");
     budget_full = PyLong_FromLong(64);
