@@ -97,7 +97,7 @@ def _panel(ax: Any, run: Run, rows: list[Row], title: str) -> None:
         if ratio and r.is_floor:
             c = report.compare(ref, r) if (ref := report.reference(run.rows, r)) else None
             if c is not None and c.factor:
-                txt += f"  floor: kcoro at {1 / c.factor:.1f}x"
+                txt += f"  floor: kcoro {c.text}"
             color = MUTED
         elif ratio and not r.is_kcoro:
             txt += f"  {ratio}" if "idle" in ratio else f"  kcoro {ratio}"

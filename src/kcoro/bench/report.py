@@ -172,7 +172,7 @@ def summary(run: Run) -> list[dict[str, Any]]:
             if f.is_floor and _group_key(f) == key and f.ok and r.ok:
                 c = compare(r, f)
                 floors.append({"impl": f.impl.impl, "median": f.median,
-                               "factor": c.factor if c else None})
+                               "factor": c.factor if c else None, "text": c.text if c else ""})
         s["floors"] = floors
         missing = [f"{m.impl.impl} {m.mode}".strip() for m in run.rows
                    if _group_key(m) == key and m.status != OK and not m.samples]
@@ -193,12 +193,13 @@ def summary_lines(run: Run) -> list[str]:
         bp = s.get("best_peer")
         if bp:
             who = "" if "idle" in bp["text"] else "kcoro "
-            txt += (f"; best peer {bp['impl']} {bp['mode']} "
+            peer = f"{bp['impl']} {bp['mode']}".strip()
+            txt += (f"; best peer {peer} "
                     f"{fmt_value(bp['median'], s['unit'])} -> {who}{bp['text']}")
         for f in s["floors"]:
             if f["factor"]:
                 txt += (f"; floor {f['impl']} {fmt_value(f['median'], s['unit'])} "
-                        f"(kcoro at {1 / f['factor']:.1f}x the floor)")
+                        f"(kcoro {f['text']})")
         lines.append(txt)
     return lines
 
