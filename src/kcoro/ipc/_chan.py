@@ -124,6 +124,7 @@ class Channel(RingOps, Waiting, Generic[T]):
         self._pid = _PID[0]
         self._peers: dict[int, tuple[int, int]] = {}  # slot -> (pid, pidfd)
         self._epoch = -1
+        self._spin_fails = self._spin_skip = 0
         r.on_wake = self._wake_local
         self.__dict__.pop("_pump", None)  # pump threads do not survive fork
         r.attach()

@@ -77,13 +77,14 @@ class _Msg:
 
 
 class _Op:
-    __slots__ = ("armed_r", "armed_s", "cell", "direct", "noarm", "spin_end")
+    __slots__ = ("armed_r", "armed_s", "cell", "direct", "noarm", "spin_end", "spun")
 
     def __init__(self) -> None:
         self.armed_r = self.armed_s = 0
         self.cell = -1
         self.noarm = False  # spinning: do not arm (nobody needs to ring us yet)
         self.spin_end = 0
+        self.spun = False  # the spin ran (its outcome is scored, see Waiting._spin_paid)
         self.direct = False  # this thread polls the direct bell itself (the leader)
 
 

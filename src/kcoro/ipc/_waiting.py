@@ -56,6 +56,8 @@ class Waiting:
     _dbell: Any
     _dpoll: Any
     _leader: Any
+    _spin_fails: int
+    _spin_skip: int
 
     def _ensure(self) -> None:
         raise NotImplementedError
@@ -157,16 +159,20 @@ class Waiting:
         deadline = None if timeout is None else time.monotonic() + timeout
         op = _Op()
         spin = type(ctx) is Task and SPIN_NS > 0
-        op.noarm = spin and not ctx._rt._ready
+        op.noarm = spin and not ctx._rt._ready and self._spin_allowed()
         op.spin_end = _perf_ns() + SPIN_NS
         while True:
             gen = self._wake_gen
             st, val = attempt(op, False)
             if st != _WAIT:
+                if op.noarm and op.spun:
+                    self._spin_paid(True)
                 return st, val
             if op.noarm:
+                op.spun = True
                 if self._spin(op.spin_end) or ctx._rt._ready:
                     op.noarm = False
+                    self._spin_paid(False)
                 continue
             t = internal_ticket(waker_for(ctx))
             if not self._wait_on(t, gen):
@@ -176,7 +182,8 @@ class Waiting:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             await _park_with_token(t, ctx, left, cancel, False)
             if spin and t._state != CANCELLED and not ctx._rt._ready:
-                op.noarm = True
+                op.noarm = self._spin_allowed()
+                op.spun = False
                 op.spin_end = _perf_ns() + SPIN_NS
             if t._state == CANCELLED:
                 self._unwait(t)
@@ -195,8 +202,11 @@ class Waiting:
         self._ensure()
         deadline = None if timeout is None else time.monotonic() + timeout
         op = _Op()
-        op.noarm = SPIN_NS > 0
+        op.noarm = SPIN_NS > 0 and self._spin_allowed()
         op.spin_end = _perf_ns() + SPIN_NS
+        # the leader (one thread per endpoint) waits on the direct bell: take the role before
+        # the first attempt, so that attempt arms the right bell (no I/O-thread arming first)
+        op.direct = cancel is None and self._leader.acquire(False)
         try:
             return self._blocking_loop(op, attempt, deadline, cancel, what)
         finally:
@@ -209,10 +219,14 @@ class Waiting:
             gen = self._wake_gen
             st, val = attempt(op, False)
             if st != _WAIT:
+                if op.noarm and op.spun:
+                    self._spin_paid(True)
                 return st, val
             if op.noarm:
+                op.spun = True
                 if self._spin(op.spin_end):
                     op.noarm = False
+                    self._spin_paid(False)
                 continue
             if op.direct:  # the leader: sleep on the direct bell (one wake-up, no I/O thread)
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -222,12 +236,13 @@ class Waiting:
                         raise make_timeout(what)
                     return st, val
                 if SPIN_NS > 0:
-                    op.noarm = True
+                    op.noarm = self._spin_allowed()
+                    op.spun = False
                     op.spin_end = _perf_ns() + SPIN_NS
                 continue
             if cancel is None and self._leader.acquire(False):
-                op.direct = True
-                continue  # re-attempt, arming the direct bell
+                op.direct = True  # the leader left: take over (re-attempt, arming the
+                continue          # direct bell; the attempt disarms the I/O-thread bell)
             t = internal_ticket(thread_waker())
             if not self._wait_on(t, gen):
                 continue
@@ -240,7 +255,8 @@ class Waiting:
                 if cancel is not None:
                     cancel._unwatch(t)
             if SPIN_NS > 0 and t._state != CANCELLED:
-                op.noarm = True
+                op.noarm = self._spin_allowed()
+                op.spun = False
                 op.spin_end = _perf_ns() + SPIN_NS
             if t._state == CANCELLED:
                 self._unwait(t)
@@ -273,6 +289,25 @@ class Waiting:
             if _perf_ns() > end:
                 return True
         return False
+
+    # Spinning pays only when the partner runs at the same time on another CPU.  When both
+    # share one CPU (an oversubscribed machine, or a partner that answers slowly), a spinner
+    # burns the very time slice its partner needs: the partner, woken by our doorbell, has
+    # preempted us and we only run again once it sleeps -- after its own fruitless spin.  So
+    # each endpoint keeps score: after a spin that saw nothing, the next 2^k - 1 waits go
+    # straight to sleep (k grows to 8 with consecutive failures); one success resets it.
+    def _spin_allowed(self) -> bool:
+        if self._spin_skip:
+            self._spin_skip -= 1
+            return False
+        return True
+
+    def _spin_paid(self, ok: bool) -> None:
+        if ok:
+            self._spin_fails = 0
+        else:
+            k = self._spin_fails = min(self._spin_fails + 1, 8)
+            self._spin_skip = (1 << k) - 1
 
     def _unwait(self, t: Ticket) -> None:
         _klock.acquire()
