@@ -10,6 +10,12 @@ setup(
             ["src/kcoro/_speedups.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "kcoro.ipc._fastring",
+            ["src/kcoro/ipc/_fastring.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

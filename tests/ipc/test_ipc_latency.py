@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+import kcoro
 import kcoro.ipc as ipc
 
 from .conftest import detach_checking_leaks
@@ -66,3 +71,144 @@ def test_ping_pong_sharing_one_cpu() -> None:
     p.join(10)
     assert p.exitcode == 0
     assert per_hop < 2e-3, f"{per_hop * 1e6:.0f} µs per hop"
+
+
+# -- the C fast path (kcoro.ipc._fastring) and its hand-offs to the Python path ------------------
+def test_fast_path_is_selected_unless_pure() -> None:
+    from kcoro.ipc import _chan
+
+    ch: ipc.Channel[Any] = ipc.Channel(1)
+    assert (ch._fr is not None) == (_chan._fastring is not None)
+    if os.environ.get("KCORO_PURE"):
+        assert ch._fr is None
+    code = "import kcoro.ipc._chan as c; print(c._fastring)"
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KCORO_PURE": "1"},
+                         capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == "None", res.stderr
+
+
+def test_c_and_pure_processes_share_a_channel() -> None:
+    """One process with the C fast path, one without (KCORO_PURE=1): same lock, same bells."""
+    ping: ipc.Channel[Any] = ipc.Channel(1)
+    pong: ipc.Channel[Any] = ipc.Channel(1)
+    d = ipc.default_dir()
+    p1 = ping.listen(os.path.join(d, f"ping-{os.getpid()}.sock"))
+    p2 = pong.listen(os.path.join(d, f"pong-{os.getpid()}.sock"))
+    code = ("import kcoro.ipc as ipc, sys\n"
+            "a, b = ipc.connect(sys.argv[1]), ipc.connect(sys.argv[2])\n"
+            "for x in a.iter_blocking(timeout=30):\n"
+            "    b.send_blocking(x)\n"
+            "b.close()\n")
+    env = {**os.environ}
+    if os.environ.get("KCORO_PURE"):
+        env.pop("KCORO_PURE")  # the other way round
+    else:
+        env["KCORO_PURE"] = "1"
+    child = subprocess.Popen([sys.executable, "-c", code, p1, p2], env=env)
+    try:
+        for i in range(300):
+            v: Any = i if i % 3 else ("t", i, b"x" * (i % 50))
+            ping.send_blocking(v, timeout=30)
+            assert pong.recv_blocking(timeout=30) == v
+        ping.close()
+        with pytest.raises(kcoro.ChannelClosed):
+            pong.recv_blocking(timeout=30)
+    finally:
+        assert child.wait(60) == 0
+    ping.check_invariants()
+    pong.check_invariants()
+
+
+def test_recv_timeout_leaves_nothing_armed() -> None:
+    ch: ipc.Channel[Any] = ipc.Channel(2)
+    with pytest.raises(TimeoutError):
+        ch.recv_blocking(timeout=0.05)
+    r = ch._r
+    assert r.armed_recv_total() == 0 and not ch._leader.locked()
+    assert ch.stats().recv_timeout == 1
+    ch.send_blocking("x")
+    assert ch.recv_blocking(timeout=1) == "x"
+
+
+class _Alarm(Exception):
+    pass
+
+
+def test_signal_interrupts_a_parked_receiver() -> None:
+    ch: ipc.Channel[Any] = ipc.Channel(2)
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Alarm()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(_Alarm):
+            ch.recv_blocking()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert ch._r.armed_recv_total() == 0 and not ch._leader.locked()
+    assert ch.stats().recv_cancelled == 1
+    ch.send_blocking(5)
+    assert ch.recv_blocking(timeout=1) == 5
+    # a parked sender (full buffer, its offer in the ring) withdraws its offer
+    ch.send_blocking(1)
+    ch.send_blocking(2)
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(_Alarm):
+            ch.send_blocking(bytearray(1000))  # a block in the arena, not inline
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert ch._r.armed_send_total() == 0 and not ch._leader.locked()
+    assert ch.stats().send_cancelled == 1
+    assert [ch.recv_blocking(timeout=1) for _ in range(2)] == [1, 2]
+    with pytest.raises(kcoro.WouldBlock):
+        ch.try_recv()
+    assert ch.arena.stats().in_use == 0
+
+
+def _produce(ch: ipc.Channel[Any], n: int) -> None:
+    for i in range(n):
+        ch.send_blocking(i)
+    ch.close()
+
+
+def test_two_receiving_threads_one_leader() -> None:
+    """Only one thread waits on the direct bell; the other goes through the I/O thread."""
+    ch: ipc.Channel[Any] = ipc.Channel(4)
+    got: list[list[int]] = [[], []]
+
+    def take(k: int) -> None:
+        for x in ch.iter_blocking(timeout=30):
+            got[k].append(x)
+
+    ts = [threading.Thread(target=take, args=(k,)) for k in range(2)]
+    for t in ts:
+        t.start()
+    n = 2000
+    p = FORK.Process(target=_produce, args=(ch, n), daemon=True)
+    p.start()
+    for t in ts:
+        t.join(60)
+    p.join(10)
+    assert sorted(got[0] + got[1]) == list(range(n))
+    assert got[0] == sorted(got[0]) and got[1] == sorted(got[1])
+
+
+def test_malformed_inline_entry_names_its_sender() -> None:
+    ch: ipc.Channel[Any] = ipc.Channel(4)
+    r = ch._r
+    with r.lock:  # forge an inline entry that is not a pickle
+        pos = r.tail
+        r.write_entry(pos, 1, 0xFFFF, 5, 0, 0, 5, b"\xffjunk")
+        r.h64[6] = pos + 1
+    ch.send_blocking("after")
+    with pytest.raises(ipc.ProtocolError, match="malformed inline message") as ei:
+        ch.recv_blocking(timeout=5)
+    assert ei.value.peer == r.slot
+    assert ch.recv_blocking(timeout=5) == "after"
+    assert ch.ipc_stats()["protocol_errors"] == 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import pickle
 import select
 import threading
 import time
@@ -54,23 +55,34 @@ from .._wait import (
     check_blocking_allowed,
     check_timeout,
 )
+from ._codec import ProtocolError
 from ._io import io_thread
 from ._region import (
     CELL_CLOSED,
     CELL_PENDING,
+    CI,
+    DIRECT,
     E_BLOCK,
+    E_INLINE,
     E_PAYLOAD,
+    ENTRY,
     F_CANCELLED,
     F_CLOSED,
+    H_CNT,
+    HDR,
+    INLINE_MAX,
     KIND_NAME,
+    MAXPROC,
+    NCELL,
     NOCELL,
     POLICY_CLOSE,
     POLICY_IGNORE,
+    SLOT_BYTES,
     Region,
     new_region,
 )
-from ._ring import _REFUSED, PeerDied, RingOps, _Op
-from ._waiting import Waiting
+from ._ring import _OK, _REFUSED, PeerDied, RingOps, _Op
+from ._waiting import SPIN_NS, Waiting
 
 T = TypeVar("T")
 
@@ -79,6 +91,25 @@ __all__ = ["UNLIMITED_SLOTS", "Channel", "PeerDied"]
 UNLIMITED_SLOTS = 65536
 _DROP = {SUSPEND: 0, DROP_OLDEST: 1, DROP_LATEST: 2}
 _PID = [os.getpid()]
+
+# The optional C fast path for small messages (``_fastring.c``): not with KCORO_PURE=1, and
+# only if it was built for this very layout.
+_fastring: Any = None
+if not os.environ.get("KCORO_PURE"):
+    try:
+        from . import _fastring  # type: ignore[attr-defined, no-redef]
+    except ImportError:
+        _fastring = None
+    if _fastring is not None and _fastring.LAYOUT != (HDR, MAXPROC, SLOT_BYTES, NCELL, ENTRY,
+                                                      INLINE_MAX, H_CNT, DIRECT):
+        _fastring = None
+_SLOW = getattr(_fastring, "SLOW", None)
+_TIMEOUT = getattr(_fastring, "TIMEOUT", None)
+_FR_COUNTERS = (CI["sends"], CI["recvs"], CI["first_op_ns"], CI["last_op_ns"], CI["peak"])
+# items whose pickle never has out-of-band buffers: pickled straight for the fast path
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+_dumps = pickle.dumps
+_loads = pickle.loads
 
 
 class Channel(RingOps, Waiting, Generic[T]):
@@ -140,6 +171,15 @@ class Channel(RingOps, Waiting, Generic[T]):
         self._dpoll = select.poll()
         self._dpoll.register(self._dbell.fileno(), select.POLLIN)
         self._leader = threading.Lock()
+        self._fr: Any = None
+        if _fastring is not None:
+            try:
+                self._fr = _fastring.FastRing(
+                    r.map, r._ofd, self._dbell.fileno(), r.slot, r.ring_off, r.ring_n, r.cap,
+                    r.drop, _FR_COUNTERS, r.lock, self._leader, self._wake_local, r.heal,
+                    r.uuid.hex().encode(), SPIN_NS)
+            except (OSError, ValueError):  # pragma: no cover - the Python path does it all
+                self._fr = None
         _live.add(self)
         io = io_thread()
         io.ticks.add(self._tick)  # before the wake-up below, so the next poll has a timeout
@@ -210,15 +250,31 @@ class Channel(RingOps, Waiting, Generic[T]):
     def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
         check_blocking_allowed("ipc.Channel.send_blocking()")
         timeout = check_timeout(timeout)
-        self._ensure()
-        m = self._encode(item, False)
+        fr = self._fr
+        if fr is not None and self._pid == _PID[0]:  # C: a small item into a buffer with room
+            if type(item) in _PLAIN:
+                data = _dumps(item, 5)
+                if len(data) <= INLINE_MAX and fr.send(data) is None:
+                    return
+                m = self._encode(item, False)
+            else:
+                m = self._encode(item, False)
+                if m.kind == E_INLINE and fr.send(m.data) is None:
+                    return
+        else:
+            self._ensure()
+            m = self._encode(item, False)
         if timeout == 0:
             st, _ = self._send_attempt(m, True)(_Op(), False)
         else:
+            op = _Op()
             try:
                 st, _ = self._run_blocking(self._send_attempt(m, False), timeout, cancel,
-                                           f"send on IPC channel {self.name!r}")
+                                           f"send on IPC channel {self.name!r}", op)
             except BaseException as exc:
+                if op.late == _OK:  # delivered before the exception could withdraw it
+                    self._send_done(_OK, m)
+                    raise
                 self._count("send_timeout" if isinstance(exc, TimeoutError) else
                             "send_cancelled")
                 self._discard(m)
@@ -230,6 +286,9 @@ class Channel(RingOps, Waiting, Generic[T]):
         False for DROP_LATEST on a full buffer."""
         self._ensure()
         m = self._encode(item, False)
+        fr = self._fr
+        if fr is not None and m.kind == E_INLINE and fr.send(m.data) is None:
+            return True
         st, _ = self._send_attempt(m, True)(_Op(), False)
         return self._send_done(st, m)
 
@@ -260,6 +319,20 @@ class Channel(RingOps, Waiting, Generic[T]):
     def recv_blocking(self, *, timeout: float | None = None, cancel: Any = None) -> T:
         check_blocking_allowed("ipc.Channel.recv_blocking()")
         timeout = check_timeout(timeout)
+        fr = self._fr
+        if (fr is not None and cancel is None and self._pid == _PID[0]
+                and "_pump" not in self.__dict__):
+            # C: take (or wait for) a small item; SLOW hands anything else to the Python path
+            try:
+                data = fr.recv(-1 if timeout is None else int(timeout * 1e9))
+            except BaseException:
+                self._count("recv_cancelled")
+                raise
+            if type(data) is bytes:
+                return self._loads_inline(data, fr)  # type: ignore[no-any-return]
+            if data is _TIMEOUT:
+                self._count("recv_timeout")
+                raise make_timeout(f"receive from IPC channel {self.name!r}")
         self._ensure()
         ok, item = self._held()
         if ok:
@@ -279,8 +352,21 @@ class Channel(RingOps, Waiting, Generic[T]):
         ok, item = self._held()
         if ok:
             return item  # type: ignore[no-any-return]
+        fr = self._fr
+        if fr is not None:
+            data = fr.recv(0)
+            if type(data) is bytes:
+                return self._loads_inline(data, fr)  # type: ignore[no-any-return]
         st, val = self._recv_attempt(True)(_Op(), False)
         return self._recv_done(st, val)  # type: ignore[no-any-return]
+
+    def _loads_inline(self, data: bytes, fr: Any) -> Any:
+        try:
+            return _loads(data)
+        except Exception as exc:
+            self._count("protocol_errors")
+            raise ProtocolError(f"malformed inline message from peer slot {fr.last_slot}: "
+                                f"{exc}", peer=fr.last_slot) from exc
 
     def iter_blocking(self, *, timeout: float | None = None) -> Iterator[T]:
         while True:
@@ -428,6 +514,7 @@ class Channel(RingOps, Waiting, Generic[T]):
             p.shutdown()
         if self._pid != _PID[0] or self._r.slot < 0:
             return
+        self._fr = None
         self._r.detach()
         io = io_thread()
         io.ticks.discard(self._tick)

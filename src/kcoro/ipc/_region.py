@@ -287,6 +287,12 @@ class Region:
             late, self.late_wake = self.late_wake, []
             self.ring(late)
 
+    def heal(self) -> None:
+        """A section of ours found the dirty marker (the C fast path lets go of the lock and
+        calls this): take the lock the Python way, which repairs and clears it."""
+        with self.lock:
+            pass
+
     def _repair(self, slot: int) -> None:
         """The previous holder died inside a section.  Sections only publish by their last
         store, but the arena's free lists may be mid-update: if they are inconsistent, the

@@ -77,7 +77,7 @@ class _Msg:
 
 
 class _Op:
-    __slots__ = ("armed_r", "armed_s", "cell", "direct", "noarm", "spin_end", "spun")
+    __slots__ = ("armed_r", "armed_s", "cell", "direct", "late", "noarm", "spin_end", "spun")
 
     def __init__(self) -> None:
         self.armed_r = self.armed_s = 0
@@ -85,6 +85,7 @@ class _Op:
         self.noarm = False  # spinning: do not arm (nobody needs to ring us yet)
         self.spin_end = 0
         self.spun = False  # the spin ran (its outcome is scored, see Waiting._spin_paid)
+        self.late = -1  # an exception while parked: the result of the give-up attempt
         self.direct = False  # this thread polls the direct bell itself (the leader)
 
 

@@ -198,10 +198,15 @@ class Waiting:
                 return st, val
 
     def _run_blocking(self, attempt: Callable[[_Op, bool], tuple[int, Any]],
-                      timeout: float | None, cancel: Any, what: str) -> tuple[int, Any]:
+                      timeout: float | None, cancel: Any, what: str,
+                      op: _Op | None = None) -> tuple[int, Any]:
+        """Drive ``attempt`` in a blocking thread.  An exception while parked (a signal
+        handler's) gives up first: the offer is withdrawn and the slot disarmed, or -- if
+        the operation completed meanwhile -- ``op.late`` records its result for the caller."""
         self._ensure()
         deadline = None if timeout is None else time.monotonic() + timeout
-        op = _Op()
+        if op is None:
+            op = _Op()
         op.noarm = SPIN_NS > 0 and self._spin_allowed()
         op.spin_end = _perf_ns() + SPIN_NS
         # the leader (one thread per endpoint) waits on the direct bell: take the role before
@@ -209,6 +214,10 @@ class Waiting:
         op.direct = cancel is None and self._leader.acquire(False)
         try:
             return self._blocking_loop(op, attempt, deadline, cancel, what)
+        except BaseException:
+            if op.armed_r or op.armed_s or op.cell >= 0:
+                op.late = attempt(op, True)[0]
+            raise
         finally:
             if op.direct:
                 self._leader.release()
