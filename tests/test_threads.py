@@ -454,7 +454,7 @@ class _InterruptingLock:
 @pytest.fixture
 def interrupting_waker(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
     def install(before: Callable[[], Any] | None = None) -> None:
-        w = ThreadWaker.__new__(ThreadWaker)
+        w = ThreadWaker()
         w.lock = _InterruptingLock(before)  # type: ignore[assignment]
         monkeypatch.setattr(tls, "twaker", w)
 

@@ -74,6 +74,7 @@ from ._tokens import (
     PARKED,
     READY,
     WHY_CLOSED,
+    WHY_TASK,
     WHY_TIMEOUT,
     WHY_TOKEN,
     Ticket,
@@ -143,7 +144,7 @@ _PARKED_ITEM: Any = object()
 _TOKEN_ITEM: Any = object()
 _SLOW_ITEM: Any = object()
 
-_take, _give, _contended = _klock.take, _klock.give, _klock.contended
+_acquire, _release = _klock.acquire, _klock.release
 _now_ns = time.monotonic_ns
 _get_running_loop = __import__("asyncio")._get_running_loop
 
@@ -317,10 +318,7 @@ class _PyChanOps(Generic[T]):
             await ch._send_slow(item, timeout, cancel, task)
             return
         x = t = None
-        try:
-            _take()
-        except IndexError:
-            _contended()
+        _acquire()
         try:
             if ch._nrecv:  # (a closed channel has no parked receivers)
                 e = ch._recvq[0]
@@ -366,7 +364,7 @@ class _PyChanOps(Generic[T]):
                 if not ch.first_op_ns:
                     ch.first_op_ns = rt.now_ns  # type: ignore[union-attr]
         finally:
-            _give(True)
+            _release()
         if st == _OK:
             if x is not None:
                 w = x._waker
@@ -386,7 +384,11 @@ class _PyChanOps(Generic[T]):
             return
         if st == _PARKED:
             task._on = self
-            await trap(t)
+            try:
+                await trap(t)
+            except BaseException:  # the coroutine was closed or thrown into while parked
+                ch._abandon(t, True)  # type: ignore[arg-type]
+                raise
             if t._state == READY:  # type: ignore[union-attr]
                 t._state = COMPLETED  # type: ignore[union-attr]  # READY is left only by us
                 return
@@ -404,10 +406,7 @@ class _PyChanOps(Generic[T]):
         if task is None or timeout is not None or cancel is not None or task._scope._eff:
             return await ch._recv_slow(timeout, cancel, task)  # type: ignore[no-any-return]
         x = t = None
-        try:
-            _take()
-        except IndexError:
-            _contended()
+        _acquire()
         try:
             buf = ch._buf
             if ch._nsend:
@@ -458,10 +457,14 @@ class _PyChanOps(Generic[T]):
             if item is not _SLOW_ITEM:
                 ch.last_op_ns = rt.now_ns  # type: ignore[union-attr]
         finally:
-            _give(True)
+            _release()
         if item is _PARKED_ITEM:
             task._on = self
-            await trap(t)
+            try:
+                await trap(t)
+            except BaseException:
+                ch._abandon(t, False)  # type: ignore[arg-type]
+                raise
             if t._state == READY:  # type: ignore[union-attr]
                 t._state = COMPLETED  # type: ignore[union-attr]
                 item = t.payload  # type: ignore[union-attr]
@@ -847,10 +850,7 @@ class Channel(_ChanOps[T], Generic[T]):
         ``mode``: 0 a waiting send, 1 a send with timeout=0, 2 ``try_send``.  Counts the failure
         it reports (would-block for 1 and 2, closed, token; a DROP_LATEST drop is undelivered
         for 0 and 1, and ``send_dropped`` for ``try_send``, which returns False instead)."""
-        try:
-            _take()
-        except IndexError:
-            _contended()
+        _acquire()
         try:
             st = self._put(item)
             x = self._x
@@ -875,15 +875,12 @@ class Channel(_ChanOps[T], Generic[T]):
                 else:
                     self._count_dropped(item)
         finally:
-            _give(True)
+            _release()
         return st, x
 
     def _recv_attempt(self, t: Ticket | None, cancel: Any, try_only: bool) -> tuple[Any, Any]:
         """Take an item; if there is none and ``t`` is given, register ``t`` (``_PARKED``)."""
-        try:
-            _take()
-        except IndexError:
-            _contended()
+        _acquire()
         try:
             item = self._get()
             x = self._x
@@ -903,7 +900,7 @@ class Channel(_ChanOps[T], Generic[T]):
             elif item is _CLOSED:
                 self.recv_closed += 1
         finally:
-            _give(True)
+            _release()
         return item, x
 
     def _sent(self, st: int, x: Any, item: Any, cancel: Any) -> None:
@@ -959,10 +956,7 @@ class Channel(_ChanOps[T], Generic[T]):
     def _finish_wait(self, t: Ticket, sender: bool, cancel: Any) -> Any:
         """After a park: settle the outcome under the lock; return the received item (or
         raise).  Clears the ticket's item/payload so a cached ticket keeps nothing alive."""
-        try:
-            _take()
-        except IndexError:
-            _contended()
+        _acquire()
         try:
             if cancel is not None:
                 cancel._tickets.discard(t)
@@ -973,7 +967,7 @@ class Channel(_ChanOps[T], Generic[T]):
             else:
                 t._state = COMPLETED
         finally:
-            _give(True)
+            _release()
         t.item = None
         item = t.payload
         t.payload = None
@@ -997,6 +991,19 @@ class Channel(_ChanOps[T], Generic[T]):
     async def _recv_any(self, timeout: float | None, cancel: Any) -> T:
         rt = tls.rt
         return await self._recv_slow(timeout, cancel, rt.current if rt is not None else None)
+
+    def _abandon(self, t: Ticket, sender: bool, cancel: Any = None) -> None:
+        """A parked wait whose coroutine is being closed (or thrown into): withdraw it so no
+        partner hands it anything; if a completion already won, a received item can no longer
+        be returned — report it as undelivered (a sent one was delivered)."""
+        _acquire()
+        try:
+            lost = t._fail(WHY_TASK) is None  # no wake: nobody waits for it any more
+        finally:
+            _release()
+        item = self._finish_wait(t, sender, cancel)
+        if lost and not sender and t._state == COMPLETED:
+            self._report((item,))
 
     def _park_failed(self, t: Ticket, sender: bool, task: Task[Any]) -> Any:
         """A fast-path park ended without a hand-off: settle it and raise."""
@@ -1022,7 +1029,11 @@ class Channel(_ChanOps[T], Generic[T]):
             if st == _PARKED:
                 if task is not None:
                     task._on = self
-                await park(t, ctx, timeout)
+                try:
+                    await park(t, ctx, timeout)
+                except BaseException:
+                    self._abandon(t, True, cancel)
+                    raise
                 self._finish_wait(t, True, cancel)
                 if t._state == CANCELLED:
                     raise self._wait_error(t, ctx, True)
@@ -1085,7 +1096,11 @@ class Channel(_ChanOps[T], Generic[T]):
             if item is _PARKED_ITEM:
                 if task is not None:
                     task._on = self
-                await park(t, ctx, timeout)
+                try:
+                    await park(t, ctx, timeout)
+                except BaseException:
+                    self._abandon(t, False, cancel)
+                    raise
                 item = self._finish_wait(t, False, cancel)
                 if t._state == CANCELLED:
                     raise self._wait_error(t, ctx, False)
@@ -1116,8 +1131,14 @@ class Channel(_ChanOps[T], Generic[T]):
             if item is _PARKED_ITEM:
                 try:
                     park_blocking(t, timeout)
-                finally:
+                except BaseException:
+                    # An exception (other than Ctrl-C, which is re-delivered) hit after a
+                    # sender handed us its item: nobody will get it now; report it.
                     item = self._finish_wait(t, False, cancel)
+                    if t._state == COMPLETED:
+                        self._report((item,))
+                    raise
+                item = self._finish_wait(t, False, cancel)
                 if t._state == CANCELLED:
                     raise self._wait_error(t, None, False)
                 return item  # type: ignore[no-any-return]
@@ -1334,7 +1355,7 @@ if _speedups is not None:
     from ._runtime import Runtime
     from ._scopes import CancelScope
 
-    _speedups.configure(Channel, Ticket, Task, CancelScope, Runtime, _klock._TOKEN,
+    _speedups.configure(Channel, Ticket, Task, CancelScope, Runtime, _klock._OWNER,
                         _SIZED_TYPES, _nbytes, ChannelClosed)
 
 

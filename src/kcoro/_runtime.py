@@ -78,7 +78,7 @@ BUDGET = 64
 
 CREATED, READY, RUNNING, PARKED, FINISHED = "CREATED", "READY", "RUNNING", "PARKED", "FINISHED"
 
-_take, _give, _contended = _klock.take, _klock.give, _klock.contended
+_acquire, _release = _klock.acquire, _klock.release
 _get_ident = threading.get_ident
 _monotonic_ns = time.monotonic_ns
 _run_steps = _speedups.run_steps if _speedups is not None else None
@@ -199,14 +199,11 @@ class Task(Generic[T]):
         """Our effective cancel status turned on: interrupt the current park, if any."""
         t = self._parked
         if t is not None:
-            try:
-                _take()
-            except IndexError:
-                _contended()
+            _acquire()
             try:
                 won = t._fail(WHY_TASK)
             finally:
-                _give(True)
+                _release()
             if won is not None:
                 won._wake()
 
@@ -312,9 +309,20 @@ class Runtime:
         self._tasks.add(task)
         task._state = READY
         self._ready.append(task)
+        if self._main_done or self._fatal is not None:
+            task._root.cancel()  # spawned during teardown (e.g. from a finally): cancelled
         return task
 
+    def _cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task._root.cancel()
+
     def _finish(self, task: Task[Any], value: Any, exc: BaseException | None) -> None:
+        # The outcome is stored before FINISHED is published (another thread may be joining).
+        if exc is not None:
+            task._exc = exc
+        else:
+            task._result = value
         woken: list[Ticket] = []
         _klock.acquire()
         try:
@@ -330,18 +338,15 @@ class Runtime:
         task._parked = None
         self._tasks.discard(task)
         task._root._detach_root()
-        if exc is not None:
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                self._fatal = self._fatal or exc
-            task._exc = exc
-        else:
-            task._result = value
+        if exc is not None and isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self._fatal = self._fatal or exc
         for t in woken:
             t._wake()
         if task._tg is not None:
             task._tg._child_done(task)
         elif task is self._main:
             self._main_done = True
+            self._cancel_all()  # leftover tasks are cancelled now, busy or parked
         elif exc is not None and not isinstance(exc, Cancelled):
             self._unretrieved.append(task)
 
@@ -450,8 +455,13 @@ class Runtime:
                 for _ in range(len(calls)):
                     fn, args = calls.popleft()
                     fn(*args)
-            if self._fatal is not None:
+            if self._fatal is not None and not self._tasks:
                 raise self._fatal
+            if self._fatal is not None and not cancelling:
+                # KeyboardInterrupt/SystemExit in a task: cancel everything, let the tasks
+                # unwind (their waits unregister), then raise it from run().
+                cancelling = True
+                self._cancel_all()
             if heap:
                 timers.fire_due(self.clock())
             if ready:
@@ -462,8 +472,7 @@ class Runtime:
                 return
             if self._main_done and not cancelling:
                 cancelling = True
-                for task in list(self._tasks):
-                    task._root.cancel()
+                self._cancel_all()
                 continue
             if self._idle:
                 if self._fds:  # a task whose fd is ready is runnable, not blocked
@@ -529,6 +538,7 @@ class Runtime:
         elif type(y2) is Ticket:
             task._state = PARKED
             task._parked = y2
+            self.parks += 1
         else:
             self._bad_yield(task, y2)
 
@@ -628,10 +638,15 @@ def run(fn: Callable[..., Awaitable[T]] | Coroutine[Any, Any, T], *args: Any,
         main = rt.spawn(coro, name=getattr(coro, "__qualname__", "main"))
         rt.run_until_complete(main)
     finally:
-        tls.rt = None
-        if _speedups is not None:
-            _speedups.set_runtime(None)
-        rt.close()
+        try:
+            for task in rt.tasks():  # only after an abnormal exit: withdraw their waits
+                if task._coro is not None:
+                    task._coro.close()
+        finally:
+            tls.rt = None
+            if _speedups is not None:
+                _speedups.set_runtime(None)
+            rt.close()
     _report_unretrieved(rt)
     return main.result()
 

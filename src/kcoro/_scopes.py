@@ -309,6 +309,11 @@ class CancelToken:
 
         Returns True for the call that cancelled it, False if it already was.
         """
+        if _klock.owned_by_me():  # called by a signal handler that interrupted a section
+            if self._cancelled:
+                return False
+            _klock.defer(lambda: self.cancel(reason))
+            return True
         fresh: set[Ticket] = set()
         woken: list[Ticket] = []
         _klock.acquire()

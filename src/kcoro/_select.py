@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = ["RecvClause", "SendClause", "select", "select_blocking"]
 
-_take, _give, _contended = _klock.take, _klock.give, _klock.contended
+_acquire, _release = _klock.acquire, _klock.release
 
 
 Clause: TypeAlias = "RecvClause | SendClause"
@@ -132,10 +132,7 @@ def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
     index = -1
     value: Any = None
     x: Any = None
-    try:
-        _take()
-    except IndexError:
-        _contended()
+    _acquire()
     try:
         j = 0
         while j < n:
@@ -193,7 +190,7 @@ def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
                     cancel._tickets.add(sel)
                 status = _PARKED
     finally:
-        _give(True)
+        _release()
     return status, index, value, x
 
 
@@ -203,19 +200,19 @@ _NOITEM: Any = object()  # marks a receive entry (a send entry's item may be Non
 def _unregister(clauses: tuple[Any, ...], entries: list[_SelEntry], sel: Ticket,
                 cancel: CancelToken | None) -> None:
     """Phase 3: unlink every entry still linked; count a closed outcome on its channel."""
-    try:
-        _take()
-    except IndexError:
-        _contended()
+    _acquire()
     try:
         k = 0
         n = len(entries)
         while k < n:
             e = entries[k]
             k += 1
+            sender = e.item is not _NOITEM
             if e.linked:
                 ch = clauses[e.index].ch
-                ch._unlink(e, e.item is not _NOITEM)
+                ch._unlink(e, sender)
+            if sender:  # a dead entry may linger in a queue: let go of the item (the clause
+                e.item = None  # still holds it, so this is never the last reference)
         if cancel is not None:
             cancel._tickets.discard(sel)
         if sel._state == CANCELLED and sel._why == WHY_CLOSED:
@@ -227,7 +224,7 @@ def _unregister(clauses: tuple[Any, ...], entries: list[_SelEntry], sel: Ticket,
         elif sel._state == READY:
             sel._state = COMPLETED
     finally:
-        _give(True)
+        _release()
 
 
 def _finish_probe(clauses: tuple[Any, ...], status: int, index: int, value: Any,
@@ -315,8 +312,12 @@ async def select(*clauses: Clause, timeout: float | None = None, fair: bool = Fa
         return _finish_probe(clauses, status, index, value, x)
     if task is not None:
         task._on = clauses
-    await park(sel, ctx, timeout)
-    _unregister(clauses, entries, sel, cancel)
+    try:
+        await park(sel, ctx, timeout)
+    finally:  # also when the coroutine is closed or thrown into while parked
+        _unregister(clauses, entries, sel, cancel)
+        if task is not None:
+            task._on = None
     return _result(clauses, sel, ctx)
 
 

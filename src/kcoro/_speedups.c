@@ -12,7 +12,7 @@
  * Why it is safe without taking the kernel lock: the section below runs no Python code (no
  * calls into Python, no deallocation of user objects: every value it overwrites is None, a
  * bool or an int), so no other thread can run while it does; it only checks that no Python
- * thread is inside a kernel section (the token list is full) before touching channel state.
+ * thread is inside a kernel section (the owner dict is empty) before touching channel state.
  *
  * The awaitables implement am_send (PEP 590-era "send" slot): a completed operation returns
  * PYGEN_RETURN with its value, with no frame and no StopIteration object; a parked one yields
@@ -25,7 +25,8 @@
 
 /* ---- configuration captured from the Python classes ---------------------------------------- */
 static PyTypeObject *TicketType, *TaskType;
-static PyObject *token_list;          /* _klock._TOKEN */
+static PyObject *owner_dict;          /* _klock._OWNER: non-empty while a Python thread is
+                                         inside a kernel section */
 static PyObject *sized_set;           /* _chan._SIZED_TYPES */
 static PyObject *py_nbytes;           /* _chan._nbytes */
 static PyObject *deque_append, *deque_popleft;
@@ -299,7 +300,7 @@ fast_task(OpObject *op)
     PyObject *scope = SLOT(task, k_scope);
     if (scope == NULL || SLOT(scope, s_eff) != Py_False)
         return NULL;  /* cancelled: the slow path raises Cancelled */
-    if (PyList_GET_SIZE(token_list) != 1)
+    if (PyDict_GET_SIZE(owner_dict) != 0)
         return NULL;  /* a Python thread is inside a kernel section */
     return task;
 }
@@ -565,7 +566,7 @@ static void stamp_now(PyObject *ch);
 static int
 foreign_ok(void)
 {
-    if (PyList_GET_SIZE(token_list) != 1)
+    if (PyDict_GET_SIZE(owner_dict) != 0)
         return 0;
     PyObject *loop = PyObject_CallNoArgs(get_running_loop);
     if (loop == NULL) {
@@ -588,7 +589,7 @@ foreign_fast(OpObject *op, PyObject **result)
         Py_ssize_t nb = builtin_nbytes(op->item);
         if (nb == -1)
             return PYGEN_ERROR;
-        if (nb == -2 || PyList_GET_SIZE(token_list) != 1)
+        if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
             return op_delegate(op, result);
         PyObject *old;
         st = put_section(op->ch, op->item, nb, NULL, &x, &old);
@@ -774,9 +775,29 @@ op_send_method(OpObject *op, PyObject *value)
     return NULL;
 }
 
+static PyObject *s_abandon;
+
+/* The awaiting coroutine is being closed or thrown into while we are parked: withdraw the wait
+ * (Channel._abandon) so no partner hands anything to it. */
+static int
+op_abandon(OpObject *op)
+{
+    if (op->state != OP_PARKED)
+        return 0;
+    op->state = OP_DONE;
+    PyObject *r = PyObject_CallMethodObjArgs(op->ch, s_abandon, op->t,
+                                             op->is_send ? Py_True : Py_False, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 static PyObject *
 op_throw(OpObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (op_abandon(op) < 0)
+        return NULL;
     if (op->state == OP_DELEGATE && op->sub != NULL) {
         PyObject *meth = PyObject_GetAttrString(op->sub, "throw");
         if (meth == NULL)
@@ -800,6 +821,8 @@ op_throw(OpObject *op, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 op_close(OpObject *op, PyObject *Py_UNUSED(ignored))
 {
+    if (op_abandon(op) < 0)
+        return NULL;
     if (op->state == OP_DELEGATE && op->sub != NULL)
         return PyObject_CallMethod(op->sub, "close", NULL);
     Py_RETURN_NONE;
@@ -955,12 +978,12 @@ chanops_send_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
         return NULL;
     PyObject *item = args[0];
     if (timeout != Py_None || cancel != Py_None || !may_block()
-            || PyList_GET_SIZE(token_list) != 1)
+            || PyDict_GET_SIZE(owner_dict) != 0)
         goto slow;
     Py_ssize_t nb = builtin_nbytes(item);
     if (nb == -1)
         return NULL;
-    if (nb == -2 || PyList_GET_SIZE(token_list) != 1)
+    if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
         goto slow;
     PyObject *old;
     int st = put_section(self, item, nb, NULL, &x, &old);
@@ -992,7 +1015,7 @@ chanops_recv_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
     if (parse_kw(args, nargs, kwnames, 0, "recv_blocking", &timeout, &cancel) < 0)
         return NULL;
     if (timeout != Py_None || cancel != Py_None || !may_block()
-            || PyList_GET_SIZE(token_list) != 1)
+            || PyDict_GET_SIZE(owner_dict) != 0)
         goto slow;
     PyObject *item = get_section(self, NULL, &x, &st);
     if (st == ST_ERROR)
@@ -1170,7 +1193,7 @@ configure(PyObject *mod, PyObject *args)
     PyObject *chan_cls, *ticket_cls, *task_cls, *scope_cls, *rt_cls, *token, *sized, *nbytes;
     PyObject *closed_exc;
     if (!PyArg_ParseTuple(args, "OOOOOO!O!OO:configure", &chan_cls, &ticket_cls, &task_cls,
-                          &scope_cls, &rt_cls, &PyList_Type, &token, &PySet_Type, &sized,
+                          &scope_cls, &rt_cls, &PyDict_Type, &token, &PySet_Type, &sized,
                           &nbytes, &closed_exc))
         return NULL;
     struct { PyObject *cls; const char *name; Py_ssize_t *off; } table[] = {
@@ -1207,7 +1230,7 @@ configure(PyObject *mod, PyObject *args)
     Py_INCREF(task_cls);
     Py_XSETREF(TaskType, (PyTypeObject *)task_cls);
     Py_INCREF(token);
-    Py_XSETREF(token_list, token);
+    Py_XSETREF(owner_dict, token);
     Py_INCREF(sized);
     Py_XSETREF(sized_set, sized);
     Py_INCREF(nbytes);
@@ -1220,7 +1243,7 @@ configure(PyObject *mod, PyObject *args)
 
 static PyMethodDef module_methods[] = {
     {"configure", configure, METH_VARARGS,
-     "configure(Channel, Ticket, Task, CancelScope, Runtime, token, sized_types, nbytes, "
+     "configure(Channel, Ticket, Task, CancelScope, Runtime, owner, sized_types, nbytes, "
      "ChannelClosed)"},
     {"set_runtime", set_runtime, METH_O, "Set (or clear, with None) this thread's runtime."},
     {"run_steps", (PyCFunction)(void (*)(void))run_steps, METH_FASTCALL,
@@ -1272,6 +1295,7 @@ PyInit__speedups(void)
     INTERN(s_poke, "_poke");
     INTERN(s_wake, "_wake");
     INTERN(s_report, "_report");
+    INTERN(s_abandon, "_abandon");
     INTERN(s_READY, "READY");
     INTERN(s_PARKED_str, "PARKED");
     budget_full = PyLong_FromLong(64);

@@ -12,6 +12,7 @@ added; the waiter ticket exists only while ``__aexit__`` is parked.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from ._tokens import Ticket, internal_ticket
 __all__ = ["TaskGroup"]
 
 T = TypeVar("T")
+_get_ident = threading.get_ident
 
 
 class TaskGroup:
@@ -58,6 +60,9 @@ class TaskGroup:
             raise RuntimeError("TaskGroup.spawn() before 'async with'")
         if self._closed:
             raise RuntimeError("TaskGroup is closed: its 'async with' block has finished")
+        if _get_ident() != self._task._rt._tid:
+            raise RuntimeError("TaskGroup.spawn() must be called from the runtime's own thread "
+                               "(send the request through a channel instead)")
         coro = _coro_of(fn, args, "TaskGroup.spawn()")
         child = self._task._rt.spawn(coro, name or getattr(fn, "__qualname__", None),
                                      parent_scope=self._scope, tg=self)

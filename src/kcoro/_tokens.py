@@ -67,7 +67,7 @@ WHY_USER, WHY_TIMEOUT, WHY_TOKEN, WHY_TASK, WHY_CLOSED, WHY_SHUTDOWN = range(6)
  C_NATIVE_DONE) = range(7)
 COUNTS: list[int] = [0, 0, 0, 0, 0, 0, 0]
 
-_take, _give, _contended = _klock.take, _klock.give, _klock.contended
+_acquire, _release = _klock.acquire, _klock.release
 
 
 class Waker(Protocol):
@@ -256,6 +256,7 @@ class TokenKernel:
         if type(ref) is Ticket:
             return ref
         if isinstance(ref, int) and not isinstance(ref, bool):
+            ref = int(ref)  # an int subclass could hash in Python inside the section
             _klock.acquire()
             try:
                 t = self._by_id.get(ref)

@@ -23,6 +23,7 @@ import asyncio
 import math
 import numbers
 import threading
+import time
 from typing import Any, TypeAlias
 
 from . import _klock, _tokens
@@ -139,7 +140,7 @@ async def park(t: Ticket, ctx: Ctx, timeout: float | None,
     try:
         await fut
     except asyncio.CancelledError as exc:
-        if not fail(t, WHY_TASK):
+        if not fail(t, WHY_TASK, exc.args[0] if exc.args else None):
             # A completion won the race: the operation returns what it was given.  The
             # cancellation is re-delivered at the task's next await, unless by then it was
             # consumed (asyncio.timeout() uncancels on exit) or the task has finished.
@@ -182,6 +183,8 @@ def park_blocking(t: Ticket, timeout: float | None, timeout_completes: bool = Fa
 def _park_blocking(t: Ticket, timeout: float | None, timeout_completes: bool) -> None:
     w: ThreadWaker = t._waker  # type: ignore[assignment]
     lk = w.lock
+    base = w.wakes  # a completion of ``t`` brings exactly one wake: base + 1
+    w.busy = True
     try:
         if timeout is None:
             lk.acquire()
@@ -199,11 +202,18 @@ def _park_blocking(t: Ticket, timeout: float | None, timeout_completes: bool) ->
     except BaseException as exc:
         if _fail_quiet(t, WHY_TASK):
             raise
-        lk.acquire()
+        # A completion won.  Its wake may or may not have been consumed when the exception hit
+        # (it can arrive right after ``acquire`` returned): wait until the waker has released,
+        # then take the lock back without blocking if it is still free.
+        while w.wakes <= base:
+            time.sleep(0)
+        lk.acquire(False)
         if isinstance(exc, KeyboardInterrupt):
-            _thread.interrupt_main()  # keep the item, re-deliver Ctrl-C right after
+            _thread.interrupt_main()  # keep the result, re-deliver Ctrl-C right after
             return
         raise
+    finally:
+        w.busy = False
 
 
 def _fail_quiet(t: Ticket, why: int) -> bool:
@@ -223,7 +233,7 @@ def error_for(t: Ticket, ctx: Ctx | None, what: str) -> BaseException:
     if why == WHY_TASK:
         if ctx is None or type(ctx) is Task:
             return Cancelled()
-        return asyncio.CancelledError()
+        return asyncio.CancelledError(*(() if t.reason is None else (t.reason,)))
     if why == WHY_TOKEN:
         return OperationCancelled(f"{what} cancelled by its CancelToken", reason=t.reason)
     return OperationCancelled(f"{what} cancelled ({t.reason!r})", reason=t.reason)
@@ -271,25 +281,32 @@ async def _park_with_token(t: Ticket, ctx: Ctx, timeout: float | None, token: An
 
 # -- public tickets ------------------------------------------------------------------------------
 def _begin_public_wait(t: Ticket, waker: Any, timeout: float | None) -> bool:
-    """Under the kernel lock: True if we must park (waker installed), False if finished."""
+    """True if we must park (waker installed), False if finished.  Errors are raised after the
+    section (their messages run the key's ``__repr__``)."""
     _klock.acquire()
     try:
         st = t._state
         if st >= READY:
             if st == READY:
                 t._state = COMPLETED
-            return False
-        if t._waker is not None:
-            raise RuntimeError(f"another waiter is already parked on {t!r}")
-        if timeout == 0:
-            raise WouldBlock(f"{t!r} is not completed yet")
-        t._waker = waker
-        if st == NEW:
-            t._state = PARKED
-            _tokens.COUNTS[C_PUB_PARKED] += 1
-        return True
+            outcome = 0
+        elif t._waker is not None:
+            outcome = 1
+        elif timeout == 0:
+            outcome = 2
+        else:
+            t._waker = waker
+            if st == NEW:
+                t._state = PARKED
+                _tokens.COUNTS[C_PUB_PARKED] += 1
+            outcome = 3
     finally:
         _klock.release()
+    if outcome == 1:
+        raise RuntimeError(f"another waiter is already parked on {t!r}")
+    if outcome == 2:
+        raise WouldBlock(f"{t!r} is not completed yet")
+    return outcome == 3
 
 
 def _end_public_wait(t: Ticket, ctx: Ctx | None) -> Any:
@@ -399,6 +416,13 @@ async def join_task(task: Task[Any]) -> None:
         ctx._on = task
     await park(t, ctx, None)
     if t._state == CANCELLED:
+        _klock.acquire()
+        try:
+            joiners = task._joiners
+            if t in joiners:  # joins abandoned in a loop must not pile up
+                joiners.remove(t)
+        finally:
+            _klock.release()
         raise error_for(t, ctx, f"join {task.name!r}")
 
 

@@ -44,7 +44,10 @@ class AioWaker:
 
     def wake(self, ticket: Ticket) -> None:
         if _get_ident() == self.tid:
-            _resolve(self.fut)
+            try:
+                _resolve(self.fut)
+            except RuntimeError:
+                pass  # the loop was closed with the task still waiting: nobody is left
         else:
             try:
                 self.loop.call_soon_threadsafe(_resolve, self.fut)
@@ -53,18 +56,27 @@ class AioWaker:
 
 
 class ThreadWaker:
-    __slots__ = ("lock",)
+    """``lock`` is held while idle; a wake releases it and then counts itself in ``wakes`` (one
+    writer: the winner of the ticket).  ``busy`` is set while a wait uses it, so a nested wait
+    (a signal handler doing a blocking op) gets a waker of its own."""
+
+    __slots__ = ("busy", "lock", "wakes")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.lock.acquire()
+        self.wakes = 0
+        self.busy = False
 
     def wake(self, ticket: Ticket) -> None:
         self.lock.release()
+        self.wakes += 1
 
 
 def thread_waker() -> ThreadWaker:
     w: ThreadWaker | None = tls.twaker
     if w is None:
         w = tls.twaker = ThreadWaker()
+    elif w.busy:  # a nested wait (from a signal handler): never share the outer wait's lock
+        return ThreadWaker()
     return w

@@ -111,11 +111,11 @@ def _tls_lookup(n: int) -> float:
 def _klock_pair(n: int) -> float:
     from kcoro import _klock
 
-    take, give = _klock.take, _klock.give
+    acquire, release = _klock.acquire, _klock.release
     t0 = _perf()
     for _ in range(n):
-        take()
-        give(True)
+        acquire()
+        release()
     return _perf() - t0
 
 
