@@ -32,6 +32,7 @@ test: $(STAMP)
 		tests/test_select.py tests/test_cancel.py tests/test_undelivered.py tests/model tests/stress
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) -m kcoro bench
 
 clean:
