@@ -27,6 +27,7 @@ their attempt and their wake-up; every ticket is completed or cancelled exactly 
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import os
@@ -48,6 +49,7 @@ from .._chan import (
     _check_capacity,
 )
 from .._chan import Channel as LocalChannel
+from .._context import tls as _tls
 from .._errors import ChannelClosed, WouldBlock, make_timeout
 from .._payload import Payload
 from .._tokens import Ticket
@@ -69,9 +71,11 @@ from ._region import (
     F_CANCELLED,
     F_CLOSED,
     H_CNT,
+    H_MUTEX,
     HDR,
     INLINE_MAX,
     KIND_NAME,
+    LOCK_MUTEX,
     MAXPROC,
     NCELL,
     NOCELL,
@@ -105,11 +109,10 @@ if not os.environ.get("KCORO_PURE"):
         _fastring = None
 _SLOW = getattr(_fastring, "SLOW", None)
 _TIMEOUT = getattr(_fastring, "TIMEOUT", None)
+_BAD = getattr(_fastring, "BAD", None)
 _FR_COUNTERS = (CI["sends"], CI["recvs"], CI["first_op_ns"], CI["last_op_ns"], CI["peak"])
-# items whose pickle never has out-of-band buffers: pickled straight for the fast path
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
-_dumps = pickle.dumps
 _loads = pickle.loads
+_get_running_loop = asyncio._get_running_loop
 
 
 class Channel(RingOps, Waiting, Generic[T]):
@@ -167,19 +170,24 @@ class Channel(RingOps, Waiting, Generic[T]):
         # the direct bell: one thread at a time (the leader) polls it itself
         self._dbell = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._dbell.bind(r.bell_name(r.slot, r.nonce) + b"-d")
-        self._dbell.setblocking(False)
+        # blocking: the C path's whole wait is one recv(); every other read is MSG_DONTWAIT
+        self._dbell.setblocking(True)
         self._dpoll = select.poll()
         self._dpoll.register(self._dbell.fileno(), select.POLLIN)
-        self._leader = threading.Lock()
+        # the C fast path (None: the Python path does everything); its object also holds the
+        # leader role, so that both paths agree on who waits on the direct bell
         self._fr: Any = None
         if _fastring is not None:
             try:
                 self._fr = _fastring.FastRing(
-                    r.map, r._ofd, self._dbell.fileno(), r.slot, r.ring_off, r.ring_n, r.cap,
-                    r.drop, _FR_COUNTERS, r.lock, self._leader, self._wake_local, r.heal,
-                    r.uuid.hex().encode(), SPIN_NS)
+                    r.map, r._ofd, H_MUTEX if r.lock_kind == LOCK_MUTEX else 0,
+                    self._dbell.fileno(), r.slot, r.ring_off, r.ring_n, r.cap, r.drop,
+                    _FR_COUNTERS, r.lock, self._wake_local, r.heal, r.uuid.hex().encode(),
+                    SPIN_NS)
             except (OSError, ValueError):  # pragma: no cover - the Python path does it all
                 self._fr = None
+        self._frr = self._fr  # receives: None while a select pump owns them (see _pump)
+        self._leader: Any = self._fr if self._fr is not None else threading.Lock()
         _live.add(self)
         io = io_thread()
         io.ticks.add(self._tick)  # before the wake-up below, so the next poll has a timeout
@@ -248,22 +256,17 @@ class Channel(RingOps, Waiting, Generic[T]):
         self._send_done(st, m)
 
     def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
+        fr = self._fr
+        if (fr is not None and timeout is None and _tls.rt is None and _get_running_loop() is None
+                and fr.send(item) is None):
+            return  # C: a plain item pickled inline into a buffer with room
         check_blocking_allowed("ipc.Channel.send_blocking()")
         timeout = check_timeout(timeout)
+        self._ensure()
+        m = self._encode(item, False)
         fr = self._fr
-        if fr is not None and self._pid == _PID[0]:  # C: a small item into a buffer with room
-            if type(item) in _PLAIN:
-                data = _dumps(item, 5)
-                if len(data) <= INLINE_MAX and fr.send(data) is None:
-                    return
-                m = self._encode(item, False)
-            else:
-                m = self._encode(item, False)
-                if m.kind == E_INLINE and fr.send(m.data) is None:
-                    return
-        else:
-            self._ensure()
-            m = self._encode(item, False)
+        if fr is not None and m.kind == E_INLINE and fr.send_pickle(m.data) is None:
+            return
         if timeout == 0:
             st, _ = self._send_attempt(m, True)(_Op(), False)
         else:
@@ -285,9 +288,11 @@ class Channel(RingOps, Waiting, Generic[T]):
         """Send without waiting: ``WouldBlock`` when full (rendezvous: no receiver parked);
         False for DROP_LATEST on a full buffer."""
         self._ensure()
-        m = self._encode(item, False)
         fr = self._fr
-        if fr is not None and m.kind == E_INLINE and fr.send(m.data) is None:
+        if fr is not None and fr.send(item) is None:
+            return True
+        m = self._encode(item, False)
+        if fr is not None and m.kind == E_INLINE and fr.send_pickle(m.data) is None:
             return True
         st, _ = self._send_attempt(m, True)(_Op(), False)
         return self._send_done(st, m)
@@ -317,22 +322,26 @@ class Channel(RingOps, Waiting, Generic[T]):
         return item if type(item) is Payload else Payload(item)
 
     def recv_blocking(self, *, timeout: float | None = None, cancel: Any = None) -> T:
+        fr = self._frr
+        if fr is not None and cancel is None and _tls.rt is None and _get_running_loop() is None:
+            # C: take (or wait for) a small item; SLOW hands anything else to the Python path
+            if timeout is not None:
+                timeout = check_timeout(timeout)
+            if timeout != 0:
+                try:
+                    v = fr.recv(timeout)
+                except BaseException:
+                    self._count("recv_cancelled")
+                    raise
+                if v is not _SLOW:
+                    if v is _TIMEOUT:
+                        self._count("recv_timeout")
+                        raise make_timeout(f"receive from IPC channel {self.name!r}")
+                    if v is _BAD:
+                        raise self._bad_inline(fr)
+                    return v  # type: ignore[no-any-return]
         check_blocking_allowed("ipc.Channel.recv_blocking()")
         timeout = check_timeout(timeout)
-        fr = self._fr
-        if (fr is not None and cancel is None and self._pid == _PID[0]
-                and "_pump" not in self.__dict__):
-            # C: take (or wait for) a small item; SLOW hands anything else to the Python path
-            try:
-                data = fr.recv(-1 if timeout is None else int(timeout * 1e9))
-            except BaseException:
-                self._count("recv_cancelled")
-                raise
-            if type(data) is bytes:
-                return self._loads_inline(data, fr)  # type: ignore[no-any-return]
-            if data is _TIMEOUT:
-                self._count("recv_timeout")
-                raise make_timeout(f"receive from IPC channel {self.name!r}")
         self._ensure()
         ok, item = self._held()
         if ok:
@@ -352,21 +361,28 @@ class Channel(RingOps, Waiting, Generic[T]):
         ok, item = self._held()
         if ok:
             return item  # type: ignore[no-any-return]
-        fr = self._fr
+        fr = self._frr
         if fr is not None:
-            data = fr.recv(0)
-            if type(data) is bytes:
-                return self._loads_inline(data, fr)  # type: ignore[no-any-return]
+            v = fr.recv(0)
+            if v is not _SLOW:
+                if v is _BAD:
+                    raise self._bad_inline(fr)
+                return v  # type: ignore[no-any-return]
         st, val = self._recv_attempt(True)(_Op(), False)
         return self._recv_done(st, val)  # type: ignore[no-any-return]
 
-    def _loads_inline(self, data: bytes, fr: Any) -> Any:
+    def _bad_inline(self, fr: Any) -> ProtocolError:
+        """The C path took an inline entry whose pickle does not load: the error to raise."""
+        data, slot = fr.bad_data, fr.last_slot
+        self._count("protocol_errors")
         try:
-            return _loads(data)
+            _loads(data)
         except Exception as exc:
-            self._count("protocol_errors")
-            raise ProtocolError(f"malformed inline message from peer slot {fr.last_slot}: "
-                                f"{exc}", peer=fr.last_slot) from exc
+            err = ProtocolError(f"malformed inline message from peer slot {slot}: {exc}",
+                                peer=slot)
+            err.__cause__ = exc
+            return err
+        return ProtocolError(f"malformed inline message from peer slot {slot}", peer=slot)
 
     def iter_blocking(self, *, timeout: float | None = None) -> Iterator[T]:
         while True:
@@ -514,7 +530,7 @@ class Channel(RingOps, Waiting, Generic[T]):
             p.shutdown()
         if self._pid != _PID[0] or self._r.slot < 0:
             return
-        self._fr = None
+        self._fr = self._frr = None
         self._r.detach()
         io = io_thread()
         io.ticks.discard(self._tick)

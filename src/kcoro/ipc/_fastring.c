@@ -5,33 +5,47 @@
  * the common cases only, and hands every other case back untouched (returns SLOW) so that the
  * semantics live in one place:
  *
- *   send(data)     append an inline entry (a pickle of <= INLINE_MAX bytes) to a buffered,
- *                  SUSPEND channel with room; ring the armed receivers.  SLOW otherwise
- *                  (full / rendezvous: an offer is needed; closed; drop policies).
+ *   send(obj)      pickle a plain item (int, float, str, bytes, bool, None, complex) or take a
+ *                  ready pickle (bytes, send_pickle) and append it as an inline entry to a
+ *                  buffered SUSPEND channel with room; ring the armed receivers.  SLOW
+ *                  otherwise (full / rendezvous: an offer is needed; closed; drop policies; an
+ *                  item that is not plain or whose pickle is larger than INLINE_MAX).
  *   recv(timeout)  take the inline entry at the head (settling the offer window, ringing armed
- *                  senders), or wait for one as the endpoint's *leader* thread: spin on the
- *                  change counter (scored: see below), then arm the slot's direct doorbell in
- *                  the same locked section that found the ring empty, sleep in poll() without
- *                  the GIL, drain the bell, clear its pending flag, retry.  SLOW when the head
- *                  is not inline (blocks, payloads, malformed), when the channel is closed and
- *                  empty, or when another thread is the leader; TIMEOUT on timeout.  Nothing is
- *                  left armed when it returns.
+ *                  senders) and unpickle it, or wait for one as the endpoint's *leader* thread:
+ *                  spin on the change counter (scored: see below), then arm the slot's direct
+ *                  doorbell in the same locked section that found the ring empty, sleep in one
+ *                  blocking recv() on the bell without the GIL (poll() first with a timeout),
+ *                  then clear the bell's pending flag and retry.  SLOW when the head is not inline
+ *                  (blocks, payloads, malformed), when the channel is closed and empty, or when
+ *                  another thread is the leader; TIMEOUT on timeout; BAD when the inline pickle
+ *                  does not load (``bad_data`` / ``last_slot`` tell the Python code what to
+ *                  report).  Nothing is left armed when it returns.
  *
- * The lock is the channel lock of the Python code, taken the same way: the process-local RLock
- * of the region's ArenaLock (non-blocking: a thread of ours inside a Python section sends us to
- * the slow path; a nested call does too), then flock(LOCK_EX) on this process's open file
- * description (LOCK_NB first; blocking without the GIL if another process holds it), then the
- * dirty marker (a set marker means a process died inside a section: we let go and have the
- * Python code repair it, then retry).  Inside a section no Python code runs (no allocation, no
+ * The lock is the channel lock of the Python code (see _region.py):
+ *   - robust mutex regions: pthread_mutex_trylock (no syscall), else pthread_mutex_lock without
+ *     the GIL; EOWNERDEAD (its owner died) -> pthread_mutex_consistent.  The mutex excludes the
+ *     threads of this process too; a section of the Python code in progress in this process
+ *     (the ArenaLock's _depth > 0: possibly our own thread, re-entering) sends us to SLOW.
+ *   - flock regions: the process-local RLock (non-blocking; busy -> SLOW), then flock(LOCK_EX)
+ *     on this process's open file description (without the GIL if another process holds it).
+ * Then the dirty marker: set means a process died inside a section; we let go and have the Python
+ * code repair it (heal), then retry.  Inside a section no Python code runs (no allocation, no
  * call), so a finalizer cannot re-enter the lock.  Bells are rung after the lock is released.
+ *
+ * The leader (the one thread of this process that waits on the endpoint's direct bell) is a flag
+ * of this object protected by the GIL; the Python path takes it through acquire()/release().
  *
  * Spin scoring: spinning pays only when the partner runs at the same time on another CPU; a
  * spin that saw nothing makes the next 2^k - 1 waits sleep at once (k <= 8, reset by a success).
+ *
+ * After fork() the child's copy of this object refers to its parent's slot and lock: every call
+ * returns SLOW there (a pthread_atfork generation), and the Python code makes the child its own.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -76,9 +90,25 @@
 #define P_BELLD 10
 #define P_CELLS 16
 
+_Static_assert(sizeof(pthread_mutex_t) <= 64, "the header reserves 64 bytes for the mutex");
+
 enum { ST_OK = 0, ST_SLOW = 1, ST_EMPTY = 2, ST_BUSY = 3 };
 
-static PyObject *SLOW, *TIMEOUT;
+static PyObject *SLOW, *TIMEOUT, *BAD;  /* unique sentinel objects */
+static PyObject *s_depth, *py_dumps, *py_loads, *i_five;
+static unsigned long fork_gen;           /* bumped in every forked child */
+
+static void
+after_fork_child(void)
+{
+    fork_gen++;
+}
+
+typedef struct {
+    uint64_t nonce;
+    socklen_t len;
+    struct sockaddr_un addr;
+} BellAddr;
 
 typedef struct {
     PyObject_HEAD
@@ -86,20 +116,22 @@ typedef struct {
     int have_view;
     char *base;
     int ofd, dbell, sfd, slot;
+    pthread_mutex_t *mx;         /* the region's robust mutex, or NULL: flock on ofd */
     uint64_t ring_off, ring_n, cap;
     uint32_t drop;
     int c_sends, c_recvs, c_first, c_last, c_peak;
-    PyObject *acq, *rel;         /* the process-local RLock's bound acquire / release */
-    PyObject *alock;             /* the ArenaLock (its _depth tells a nested section) */
-    PyObject *lacq, *lrel;       /* the leader lock's bound acquire / release */
+    PyObject *acq, *rel;         /* flock regions: the process-local RLock's acquire / release */
+    PyObject *alock;             /* the ArenaLock (its _depth tells a Python section) */
     PyObject *on_wake, *heal;
+    PyObject *bad_data;          /* the inline pickle that did not load (BAD) */
     char uuidhex[33];
     int64_t spin_ns;
     int spin_fails, spin_skip;
     int last_slot;
+    int leader;                  /* a thread of this process waits on the direct bell */
+    unsigned long gen;           /* fork_gen when made */
+    BellAddr bells[MAXPROC][2];  /* cached doorbell addresses (I/O, direct) */
 } FastRing;
-
-static PyObject *s_depth;
 
 static inline volatile uint64_t *H64(FastRing *f) { return (volatile uint64_t *)f->base; }
 static inline volatile uint32_t *H32(FastRing *f) { return (volatile uint32_t *)f->base; }
@@ -124,54 +156,102 @@ cpu_relax(void)
 #endif
 }
 
+static int
+call_void(PyObject *fn)
+{
+    PyObject *r = PyObject_CallNoArgs(fn);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* ---- the lock ------------------------------------------------------------------------------- */
 
-/* 0: locked; ST_BUSY: another thread of this process (or an outer section of this one) holds
- * the process lock; -1: error (exception set). */
+static inline void
+xunlock(FastRing *f)
+{
+    if (f->mx != NULL)
+        pthread_mutex_unlock(f->mx);
+    else
+        flock(f->ofd, LOCK_UN);
+}
+
+/* Is a section of the Python code in progress in this process?  1 yes, 0 no, -1 error. */
+static int
+python_section(FastRing *f)
+{
+    PyObject *d = PyObject_GetAttr(f->alock, s_depth);
+    if (d == NULL)
+        return -1;
+    long depth = PyLong_AsLong(d);
+    Py_DECREF(d);
+    if (depth == -1 && PyErr_Occurred())
+        return -1;
+    return depth != 0;
+}
+
+/* 0: locked; ST_BUSY: a Python section of this process is in progress (or, for flock regions,
+ * another thread holds the process lock); -1: error (exception set). */
 static int
 fr_lock(FastRing *f)
 {
     for (;;) {
-        PyObject *r = PyObject_CallOneArg(f->acq, Py_False);
-        if (r == NULL)
-            return -1;
-        int got = (r == Py_True);
-        Py_DECREF(r);
-        if (!got)
-            return ST_BUSY;
-        PyObject *d = PyObject_GetAttr(f->alock, s_depth);
-        if (d == NULL)
-            goto fail_release;
-        long depth = PyLong_AsLong(d);
-        Py_DECREF(d);
-        if (depth == -1 && PyErr_Occurred())
-            goto fail_release;
-        if (depth != 0) { /* our thread is inside a Python section: re-entered */
-            r = PyObject_CallNoArgs(f->rel);
+        int held_rlock = 0;
+        if (f->mx == NULL) {
+            PyObject *r = PyObject_CallOneArg(f->acq, Py_False);
             if (r == NULL)
                 return -1;
+            held_rlock = (r == Py_True);
             Py_DECREF(r);
-            return ST_BUSY;
+            if (!held_rlock)
+                return ST_BUSY;
         }
-        if (flock(f->ofd, LOCK_EX | LOCK_NB) != 0) {
-            int rc, err;
-            if (errno != EWOULDBLOCK && errno != EINTR) {
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto fail_release;
+        int ps = python_section(f);
+        if (ps != 0) {
+            if (held_rlock && call_void(f->rel) < 0)
+                return -1;
+            return ps < 0 ? -1 : ST_BUSY;
+        }
+        int rc = 0, err = 0;
+        if (f->mx != NULL) { /* no syscall unless contended */
+            rc = pthread_mutex_trylock(f->mx);
+            if (rc == EBUSY) {
+                Py_BEGIN_ALLOW_THREADS
+                rc = pthread_mutex_lock(f->mx);
+                Py_END_ALLOW_THREADS
             }
-            do {
+            if (rc == EOWNERDEAD) /* its owner died: ours now; the dirty marker tells the rest */
+                rc = pthread_mutex_consistent(f->mx);
+            err = rc;
+        }
+        else if (flock(f->ofd, LOCK_EX | LOCK_NB) != 0) {
+            rc = -1;
+            err = errno;
+            while (err == EWOULDBLOCK || err == EINTR) {
+                if (err == EINTR && PyErr_CheckSignals() < 0)
+                    break;
                 Py_BEGIN_ALLOW_THREADS
                 rc = flock(f->ofd, LOCK_EX);
-                err = errno;
+                err = rc ? errno : 0;
                 Py_END_ALLOW_THREADS
-                if (rc != 0 && err == EINTR && PyErr_CheckSignals() < 0)
-                    goto fail_release;
-            } while (rc != 0 && err == EINTR);
-            if (rc != 0) {
+                if (rc == 0 || err != EINTR)
+                    break;
+            }
+        }
+        if (rc != 0) {
+            if (!PyErr_Occurred()) {
                 errno = err;
                 PyErr_SetFromErrno(PyExc_OSError);
-                goto fail_release;
             }
+            if (held_rlock) {
+                PyObject *et, *ev, *tb;
+                PyErr_Fetch(&et, &ev, &tb);
+                if (call_void(f->rel) < 0)
+                    PyErr_Clear();
+                PyErr_Restore(et, ev, tb);
+            }
+            return -1;
         }
         volatile uint32_t *h32 = H32(f);
         if (h32[H32_DIRTY] == 0) {
@@ -179,26 +259,12 @@ fr_lock(FastRing *f)
             return 0;
         }
         /* a process died inside a section: let the Python code repair it, then retry */
-        flock(f->ofd, LOCK_UN);
-        r = PyObject_CallNoArgs(f->rel);
-        if (r == NULL)
+        xunlock(f);
+        if (held_rlock && call_void(f->rel) < 0)
             return -1;
-        Py_DECREF(r);
-        r = PyObject_CallNoArgs(f->heal);
-        if (r == NULL)
+        if (call_void(f->heal) < 0)
             return -1;
-        Py_DECREF(r);
     }
-fail_release:
-    {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyObject *r = PyObject_CallNoArgs(f->rel);
-        Py_XDECREF(r);
-        PyErr_Clear();
-        PyErr_Restore(et, ev, tb);
-    }
-    return -1;
 }
 
 static int
@@ -206,11 +272,9 @@ fr_unlock(FastRing *f)
 {
     __atomic_store_n((uint64_t *)&H64(f)[H64_SEQ], H64(f)[H64_SEQ] + 1, __ATOMIC_RELEASE);
     H32(f)[H32_DIRTY] = 0;
-    flock(f->ofd, LOCK_UN);
-    PyObject *r = PyObject_CallNoArgs(f->rel);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
+    xunlock(f);
+    if (f->mx == NULL)
+        return call_void(f->rel);
     return 0;
 }
 
@@ -225,11 +289,11 @@ static inline void
 want_ring(FastRing *f, unsigned s, Bells *out)
 {
     volatile uint32_t *p = P32(f) + s * (SLOT_BYTES / 4);
-    if ((p[P_ARMR] || p[P_ARMS]) && !p[P_BELL] && out->n < (int)(sizeof out->s / sizeof(int))) {
+    if ((p[P_ARMR] || p[P_ARMS]) && !p[P_BELL]) {
         p[P_BELL] = 1;
         out->s[out->n++] = (int)s;
     }
-    if ((p[P_ARMDR] || p[P_ARMDS]) && !p[P_BELLD] && out->n < (int)(sizeof out->s / sizeof(int))) {
+    if ((p[P_ARMDR] || p[P_ARMDS]) && !p[P_BELLD]) {
         p[P_BELLD] = 1;
         out->s[out->n++] = (int)s | DIRECT;
     }
@@ -255,34 +319,33 @@ armed_slots(FastRing *f, int recv, int send, Bells *out)
 
 /* Outside the lock.  Our own slot's I/O bell: wake local waiters (Python); others: one
  * non-blocking datagram to the slot's abstract socket (a full queue means one is pending). */
-static int
+static void
 ring(FastRing *f, Bells *b)
 {
-    int rc = 0;
     for (int i = 0; i < b->n; i++) {
-        int s = b->s[i] & ~DIRECT, direct = b->s[i] & DIRECT;
+        int s = b->s[i] & ~DIRECT, direct = (b->s[i] & DIRECT) != 0;
         if (!direct && s == f->slot) {
             P32(f)[s * (SLOT_BYTES / 4) + P_BELL] = 0;
-            PyObject *r = PyObject_CallNoArgs(f->on_wake);
-            if (r == NULL) /* a bug in a waker: report it, never lose the operation's result */
+            if (call_void(f->on_wake) < 0) /* a bug in a waker: never lose the operation */
                 PyErr_WriteUnraisable(f->on_wake);
-            else
-                Py_DECREF(r);
             continue;
         }
         uint64_t nonce;
         memcpy(&nonce, f->base + HDR + (size_t)s * SLOT_BYTES + 8, 8);
-        struct sockaddr_un a;
-        memset(&a, 0, sizeof a);
-        a.sun_family = AF_UNIX;
-        int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "kcoro-%s-%d-%llx%s",
-                         f->uuidhex, s, (unsigned long long)nonce, direct ? "-d" : "");
-        if (n <= 0 || n >= (int)sizeof a.sun_path - 1)
-            continue;
-        (void)sendto(f->sfd, "\1", 1, MSG_DONTWAIT, (struct sockaddr *)&a,
-                     (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n));
+        BellAddr *a = &f->bells[s][direct];
+        if (a->len == 0 || a->nonce != nonce) {
+            memset(&a->addr, 0, sizeof a->addr);
+            a->addr.sun_family = AF_UNIX;
+            int n = snprintf(a->addr.sun_path + 1, sizeof a->addr.sun_path - 1,
+                             "kcoro-%s-%d-%llx%s", f->uuidhex, s, (unsigned long long)nonce,
+                             direct ? "-d" : "");
+            if (n <= 0 || n >= (int)sizeof a->addr.sun_path - 1)
+                continue;
+            a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+            a->nonce = nonce;
+        }
+        (void)sendto(f->sfd, "\1", 1, MSG_DONTWAIT, (struct sockaddr *)&a->addr, a->len);
     }
-    return rc;
 }
 
 /* ---- the locked attempts (lock held, no Python) ----------------------------------------------- */
@@ -320,17 +383,17 @@ send_locked(FastRing *f, const char *data, Py_ssize_t n, Bells *bells)
     if (tail - head >= f->cap)
         return ST_SLOW; /* full: an offer (Python) */
     char *e = entry(f, tail);
-    uint8_t hdr[48];
+    uint8_t hdr[44];
     memset(hdr, 0, sizeof hdr);
     uint16_t c = NOCELL, sl = (uint16_t)f->slot;
     uint32_t len = (uint32_t)n;
     uint64_t nb = (uint64_t)n;
-    hdr[0] = E_INLINE;
-    memcpy(hdr + 2, &c, 2);
+    hdr[0] = E_INLINE; /* kind u8, pad u8, cell u16, slot u16, pad u16, len u32, idx u32, */
+    memcpy(hdr + 2, &c, 2); /* gen u32, nbytes u64, op u64 (struct "<BBHHHIIIQQ") */
     memcpy(hdr + 4, &sl, 2);
     memcpy(hdr + 8, &len, 4);
     memcpy(hdr + 20, &nb, 8);
-    memcpy(e, hdr, 44);
+    memcpy(e, hdr, sizeof hdr);
     memcpy(e + 48, data, (size_t)n);
     h64[H64_TAIL] = tail + 1; /* publish: the tail store comes last */
     volatile uint64_t *c64 = C64(f);
@@ -385,7 +448,8 @@ recv_locked(FastRing *f, char *buf, Py_ssize_t *len, int arm, int *armed, Bells 
                 uint16_t oc, os;
                 memcpy(&oc, o + 2, 2);
                 memcpy(&os, o + 4, 2);
-                if (oc != NOCELL && oc < NCELL && os < MAXPROC && *cell(f, os, oc) == CELL_PENDING) {
+                if (oc != NOCELL && oc < NCELL && os < MAXPROC
+                    && *cell(f, os, oc) == CELL_PENDING) {
                     *cell(f, os, oc) = CELL_ACCEPTED;
                     want_ring(f, os, bells);
                 }
@@ -405,17 +469,12 @@ recv_locked(FastRing *f, char *buf, Py_ssize_t *len, int arm, int *armed, Bells 
     return ST_EMPTY;
 }
 
-/* ---- methods ---------------------------------------------------------------------------------- */
+/* ---- send ------------------------------------------------------------------------------------- */
 
 static PyObject *
-FastRing_send(FastRing *f, PyObject *arg)
+send_pickle(FastRing *f, const char *data, Py_ssize_t n)
 {
-    if (!PyBytes_CheckExact(arg)) {
-        PyErr_SetString(PyExc_TypeError, "send() needs bytes");
-        return NULL;
-    }
-    Py_ssize_t n = PyBytes_GET_SIZE(arg);
-    if (n > INLINE_MAX)
+    if (n > INLINE_MAX || f->gen != fork_gen)
         return Py_NewRef(SLOW);
     int rc = fr_lock(f);
     if (rc < 0)
@@ -424,20 +483,58 @@ FastRing_send(FastRing *f, PyObject *arg)
         return Py_NewRef(SLOW);
     Bells bells;
     bells.n = 0;
-    int st = send_locked(f, PyBytes_AS_STRING(arg), n, &bells);
+    int st = send_locked(f, data, n, &bells);
     if (fr_unlock(f) < 0)
-        return NULL; /* (the entry is published; only the RLock release failed) */
-    if (ring(f, &bells) < 0)
-        return NULL;
+        return NULL; /* (flock regions: only the RLock release failed) */
+    ring(f, &bells);
     return st == ST_OK ? Py_NewRef(Py_None) : Py_NewRef(SLOW);
 }
+
+/* pickles of these types never have out-of-band buffers */
+static inline int
+plain(PyObject *o)
+{
+    PyTypeObject *t = Py_TYPE(o);
+    return t == &PyLong_Type || t == &PyFloat_Type || t == &PyUnicode_Type
+        || t == &PyBytes_Type || t == &PyBool_Type || o == Py_None || t == &PyComplex_Type;
+}
+
+static PyObject *
+FastRing_send(FastRing *f, PyObject *obj)
+{
+    if (f->gen != fork_gen || !plain(obj))
+        return Py_NewRef(SLOW);
+    if ((PyUnicode_Check(obj) && PyUnicode_GET_LENGTH(obj) > INLINE_MAX)
+        || (PyBytes_Check(obj) && PyBytes_GET_SIZE(obj) > INLINE_MAX))
+        return Py_NewRef(SLOW); /* a block: do not pickle it twice */
+    PyObject *args[2] = {obj, i_five};
+    PyObject *data = PyObject_Vectorcall(py_dumps, args, 2, NULL);
+    if (data == NULL)
+        return NULL;
+    PyObject *r = send_pickle(f, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    Py_DECREF(data);
+    return r;
+}
+
+static PyObject *
+FastRing_send_pickle(FastRing *f, PyObject *arg)
+{
+    if (!PyBytes_CheckExact(arg)) {
+        PyErr_SetString(PyExc_TypeError, "send_pickle() needs bytes");
+        return NULL;
+    }
+    return send_pickle(f, PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg));
+}
+
+/* ---- recv ------------------------------------------------------------------------------------- */
 
 static void
 spin_paid(FastRing *f, int ok)
 {
     if (ok) {
         f->spin_fails = 0;
-    } else {
+    }
+    else {
         if (f->spin_fails < 8)
             f->spin_fails++;
         f->spin_skip = (1 << f->spin_fails) - 1;
@@ -483,8 +580,7 @@ recv_try(FastRing *f, char *buf, Py_ssize_t *len, int arm, int *armed)
     int st = recv_locked(f, buf, len, arm, armed, &bells);
     if (fr_unlock(f) < 0)
         st = -1;
-    if (ring(f, &bells) < 0)
-        st = -1;
+    ring(f, &bells);
     return st;
 }
 
@@ -497,14 +593,15 @@ disarm(FastRing *f, int *armed)
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     int rc;
-    do {
+    for (;;) {
         rc = fr_lock(f);
-        if (rc == ST_BUSY) { /* a Python section of another thread: let it finish */
-            Py_BEGIN_ALLOW_THREADS
-            sched_yield();
-            Py_END_ALLOW_THREADS
-        }
-    } while (rc == ST_BUSY);
+        if (rc != ST_BUSY)
+            break;
+        /* a Python section of another thread: let it finish (ours cannot be in one) */
+        Py_BEGIN_ALLOW_THREADS
+        sched_yield();
+        Py_END_ALLOW_THREADS
+    }
     if (rc == 0) {
         arm_recv(f, -1);
         *armed = 0;
@@ -517,24 +614,40 @@ disarm(FastRing *f, int *armed)
     return rc;
 }
 
-static int
-leader_release(FastRing *f)
+static PyObject *
+loaded(FastRing *f, const char *buf, Py_ssize_t len)
 {
-    PyObject *r = PyObject_CallNoArgs(f->lrel);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+    PyObject *data = PyBytes_FromStringAndSize(buf, len);
+    if (data == NULL)
+        return NULL;
+    PyObject *obj = PyObject_CallOneArg(py_loads, data);
+    if (obj == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            Py_DECREF(data);
+            return NULL; /* KeyboardInterrupt & co. propagate */
+        }
+        PyErr_Clear();
+        Py_XSETREF(f->bad_data, data);
+        return Py_NewRef(BAD);
+    }
+    Py_DECREF(data);
+    return obj;
 }
 
-/* recv(timeout_ns) -> bytes (a pickle) | SLOW | TIMEOUT ; timeout_ns < 0: no timeout;
- * timeout_ns == 0: one attempt, no wait (SLOW when empty) */
+/* recv(timeout) -> object | SLOW | TIMEOUT | BAD ; timeout: None (wait), 0 (one attempt, no
+ * wait: SLOW when empty) or seconds (a float, already validated) */
 static PyObject *
 FastRing_recv(FastRing *f, PyObject *arg)
 {
-    long long timeout = PyLong_AsLongLong(arg);
-    if (timeout == -1 && PyErr_Occurred())
-        return NULL;
+    int64_t timeout = -1;
+    if (arg != Py_None) {
+        double t = PyFloat_AsDouble(arg);
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        timeout = t <= 0 ? 0 : t > 1e9 ? (int64_t)1e18 : (int64_t)(t * 1e9);
+    }
+    if (f->gen != fork_gen)
+        return Py_NewRef(SLOW);
     char buf[INLINE_MAX];
     Py_ssize_t len = 0;
     int armed = 0;
@@ -543,7 +656,7 @@ FastRing_recv(FastRing *f, PyObject *arg)
         if (st < 0)
             return NULL;
         if (st == ST_OK)
-            return PyBytes_FromStringAndSize(buf, len);
+            return loaded(f, buf, len);
         return Py_NewRef(SLOW);
     }
     int64_t deadline = timeout > 0 ? now_ns() + timeout : -1;
@@ -551,13 +664,9 @@ FastRing_recv(FastRing *f, PyObject *arg)
     int64_t spin_end = now_ns() + f->spin_ns;
     for (;;) {
         if (!noarm && !leader) { /* about to arm: become the leader (or leave it to Python) */
-            PyObject *r = PyObject_CallOneArg(f->lacq, Py_False);
-            if (r == NULL)
-                goto error;
-            leader = (r == Py_True);
-            Py_DECREF(r);
-            if (!leader)
+            if (f->leader)
                 return Py_NewRef(SLOW); /* another thread waits on the direct bell */
+            f->leader = leader = 1;
         }
         int st = recv_try(f, buf, &len, !noarm, &armed);
         if (st < 0)
@@ -565,15 +674,13 @@ FastRing_recv(FastRing *f, PyObject *arg)
         if (st == ST_OK) {
             if (noarm && spun)
                 spin_paid(f, 1);
-            if (leader && leader_release(f) < 0)
-                return NULL;
-            return PyBytes_FromStringAndSize(buf, len);
+            if (leader)
+                f->leader = 0;
+            return loaded(f, buf, len);
         }
         if (st != ST_EMPTY) { /* ST_SLOW / ST_BUSY: nothing is armed */
-            if (disarm(f, &armed) < 0)
-                goto error;
-            if (leader && leader_release(f) < 0)
-                return NULL;
+            if (leader)
+                f->leader = 0;
             return Py_NewRef(SLOW);
         }
         if (noarm) {
@@ -584,38 +691,46 @@ FastRing_recv(FastRing *f, PyObject *arg)
             }
             continue;
         }
-        /* armed on the direct bell: sleep */
+        /* armed on the direct bell: sleep.  No timeout: one blocking recv() is the whole wait
+         * (the bell socket is blocking; the Python path reads it with MSG_DONTWAIT); with a
+         * timeout: poll, then take one.  At most one datagram is pending per clear of the flag,
+         * so taking one is draining; a stray one only makes a later wait return early. */
         int ms = -1;
         if (deadline >= 0) {
             int64_t left = deadline - now_ns();
-            ms = left <= 0 ? 0 : (int)((left + 999999) / 1000000);
+            ms = left <= 0 ? 0 : left > (int64_t)INT32_MAX * 1000000 ? INT32_MAX
+                                                                      : (int)((left + 999999) / 1000000);
         }
-        struct pollfd pfd = {f->dbell, POLLIN, 0};
+        char junk[64];
         int n, err;
         Py_BEGIN_ALLOW_THREADS
-        n = poll(&pfd, 1, ms);
+        if (ms < 0) {
+            n = (int)recv(f->dbell, junk, sizeof junk, 0);
+        }
+        else {
+            struct pollfd pfd = {f->dbell, POLLIN, 0};
+            n = poll(&pfd, 1, ms);
+            if (n > 0)
+                (void)recv(f->dbell, junk, sizeof junk, MSG_DONTWAIT);
+        }
         err = errno;
         Py_END_ALLOW_THREADS
         if (n < 0) {
-            if (err == EINTR) {
+            if (err == EINTR || err == EAGAIN) {
                 if (PyErr_CheckSignals() < 0)
                     goto error;
-                continue; /* retry the attempt (the next one disarms first) */
+                continue; /* retry the attempt (it disarms first) */
             }
             errno = err;
             PyErr_SetFromErrno(PyExc_OSError);
             goto error;
         }
-        /* drain, *then* clear the pending flag (see Waiting._poll_direct) */
-        char junk[64];
-        while (recv(f->dbell, junk, sizeof junk, MSG_DONTWAIT) >= 0)
-            ;
+        /* drained: *now* clear the pending flag (see Waiting._poll_direct) */
         P32(f)[f->slot * (SLOT_BYTES / 4) + P_BELLD] = 0;
         if (n == 0 && ms >= 0) { /* timed out: give up (disarm, take nothing) */
             if (disarm(f, &armed) < 0)
                 goto error;
-            if (leader_release(f) < 0)
-                return NULL;
+            f->leader = 0;
             return Py_NewRef(TIMEOUT);
         }
         noarm = spin_allowed(f);
@@ -624,14 +739,41 @@ FastRing_recv(FastRing *f, PyObject *arg)
     }
 error:
     disarm(f, &armed);
-    if (leader) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        leader_release(f);
-        PyErr_Clear();
-        PyErr_Restore(et, ev, tb);
-    }
+    if (leader)
+        f->leader = 0;
     return NULL;
+}
+
+/* ---- the leader role, for the Python path -------------------------------------------------- */
+
+static PyObject *
+FastRing_acquire(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1 || PyObject_IsTrue(args[0])) {
+        PyErr_SetString(PyExc_ValueError, "the leader role is only taken with acquire(False)");
+        return NULL;
+    }
+    if (f->leader)
+        Py_RETURN_FALSE;
+    f->leader = 1;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+FastRing_release(FastRing *f, PyObject *Py_UNUSED(ignored))
+{
+    if (!f->leader) {
+        PyErr_SetString(PyExc_RuntimeError, "release of the leader role nobody holds");
+        return NULL;
+    }
+    f->leader = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+FastRing_locked(FastRing *f, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(f->leader);
 }
 
 static PyObject *
@@ -646,20 +788,30 @@ FastRing_get_last_slot(FastRing *f, void *Py_UNUSED(closure))
     return PyLong_FromLong(f->last_slot);
 }
 
+static PyObject *
+FastRing_get_bad_data(FastRing *f, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(f->bad_data ? f->bad_data : Py_None);
+}
+
+/* ---- the type --------------------------------------------------------------------------------- */
+
 static int
 FastRing_init(FastRing *f, PyObject *args, PyObject *kwds)
 {
-    static char *kw[] = {"map", "ofd", "dbell", "slot", "ring_off", "ring_n", "cap", "drop",
-                         "counters", "lock", "leader", "on_wake", "heal", "uuidhex", "spin_ns",
+    static char *kw[] = {"map", "ofd", "mutex_off", "dbell", "slot", "ring_off", "ring_n", "cap",
+                         "drop", "counters", "lock", "on_wake", "heal", "uuidhex", "spin_ns",
                          NULL};
-    PyObject *map, *alock, *leader, *on_wake, *heal, *counters;
+    PyObject *map, *alock, *on_wake, *heal, *counters;
     const char *uuidhex;
     unsigned long long ring_off, ring_n, cap;
     unsigned int drop;
     long long spin_ns;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiiiKKKIOOOOOyL", kw, &map, &f->ofd, &f->dbell,
-                                     &f->slot, &ring_off, &ring_n, &cap, &drop, &counters, &alock,
-                                     &leader, &on_wake, &heal, &uuidhex, &spin_ns))
+    Py_ssize_t mutex_off;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiniiKKKIOOOOyL", kw, &map, &f->ofd,
+                                     &mutex_off, &f->dbell, &f->slot, &ring_off, &ring_n, &cap,
+                                     &drop, &counters, &alock, &on_wake, &heal, &uuidhex,
+                                     &spin_ns))
         return -1;
     if (f->have_view) {
         PyErr_SetString(PyExc_RuntimeError, "already initialized");
@@ -680,11 +832,19 @@ FastRing_init(FastRing *f, PyObject *args, PyObject *kwds)
         return -1;
     }
     f->base = f->view.buf;
+    if (mutex_off > 0) {
+        if (mutex_off % 64 || mutex_off + 64 > HDR) {
+            PyErr_SetString(PyExc_ValueError, "bad mutex offset");
+            return -1;
+        }
+        f->mx = (pthread_mutex_t *)(f->base + mutex_off);
+    }
     f->ring_off = ring_off;
     f->ring_n = ring_n;
     f->cap = cap;
     f->drop = drop;
     f->spin_ns = spin_ns;
+    f->gen = fork_gen;
     memcpy(f->uuidhex, uuidhex, 33);
     PyObject *rl = PyObject_GetAttrString(alock, "_lk");
     if (rl == NULL)
@@ -692,9 +852,7 @@ FastRing_init(FastRing *f, PyObject *args, PyObject *kwds)
     f->acq = PyObject_GetAttrString(rl, "acquire");
     f->rel = PyObject_GetAttrString(rl, "release");
     Py_DECREF(rl);
-    f->lacq = PyObject_GetAttrString(leader, "acquire");
-    f->lrel = PyObject_GetAttrString(leader, "release");
-    if (!f->acq || !f->rel || !f->lacq || !f->lrel)
+    if (!f->acq || !f->rel)
         return -1;
     f->alock = Py_NewRef(alock);
     f->on_wake = Py_NewRef(on_wake);
@@ -722,10 +880,9 @@ FastRing_traverse(FastRing *f, visitproc visit, void *arg)
     Py_VISIT(f->acq);
     Py_VISIT(f->rel);
     Py_VISIT(f->alock);
-    Py_VISIT(f->lacq);
-    Py_VISIT(f->lrel);
     Py_VISIT(f->on_wake);
     Py_VISIT(f->heal);
+    Py_VISIT(f->bad_data);
     return 0;
 }
 
@@ -735,10 +892,9 @@ FastRing_clear(FastRing *f)
     Py_CLEAR(f->acq);
     Py_CLEAR(f->rel);
     Py_CLEAR(f->alock);
-    Py_CLEAR(f->lacq);
-    Py_CLEAR(f->lrel);
     Py_CLEAR(f->on_wake);
     Py_CLEAR(f->heal);
+    Py_CLEAR(f->bad_data);
     return 0;
 }
 
@@ -756,9 +912,15 @@ FastRing_dealloc(FastRing *f)
 
 static PyMethodDef FastRing_methods[] = {
     {"send", (PyCFunction)FastRing_send, METH_O,
-     "send(pickle: bytes) -> None | SLOW: append an inline entry when the buffer has room."},
+     "send(item) -> None | SLOW: send a plain item (pickled here) into a buffer with room."},
+    {"send_pickle", (PyCFunction)FastRing_send_pickle, METH_O,
+     "send_pickle(data: bytes) -> None | SLOW: the same with a ready inline pickle."},
     {"recv", (PyCFunction)FastRing_recv, METH_O,
-     "recv(timeout_ns) -> bytes | SLOW | TIMEOUT: take (or wait for) an inline entry."},
+     "recv(timeout) -> item | SLOW | TIMEOUT | BAD: take (or wait for) an inline entry."},
+    {"acquire", (PyCFunction)(void (*)(void))FastRing_acquire, METH_FASTCALL,
+     "acquire(False) -> bool: take the leader role (the direct bell) if nobody has it."},
+    {"release", (PyCFunction)FastRing_release, METH_NOARGS, "Give the leader role back."},
+    {"locked", (PyCFunction)FastRing_locked, METH_NOARGS, "Is the leader role taken?"},
     {"spin_score", (PyCFunction)FastRing_spin_score, METH_NOARGS,
      "(consecutive failed spins, waits left that skip spinning)"},
     {NULL}};
@@ -766,6 +928,8 @@ static PyMethodDef FastRing_methods[] = {
 static PyGetSetDef FastRing_getset[] = {
     {"last_slot", (getter)FastRing_get_last_slot, NULL,
      "sender slot of the last entry taken (for protocol errors)", NULL},
+    {"bad_data", (getter)FastRing_get_bad_data, NULL,
+     "the last inline pickle that did not load (BAD)", NULL},
     {NULL}};
 
 static PyTypeObject FastRingType = {
@@ -788,6 +952,15 @@ static struct PyModuleDef module = {
     "C fast path for small messages on kcoro.ipc channels (optional).", -1, NULL,
 };
 
+static PyObject *
+sentinel(const char *name)
+{
+    /* a unique object (an unpickled item can never be it) with a readable repr */
+    PyObject *o = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    (void)name;
+    return o;
+}
+
 PyMODINIT_FUNC
 PyInit__fastring(void)
 {
@@ -796,14 +969,23 @@ PyInit__fastring(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    if (pickle == NULL)
+        goto fail;
+    py_dumps = PyObject_GetAttrString(pickle, "dumps");
+    py_loads = PyObject_GetAttrString(pickle, "loads");
+    Py_DECREF(pickle);
     s_depth = PyUnicode_InternFromString("_depth");
-    SLOW = PyUnicode_InternFromString("SLOW");
-    TIMEOUT = PyUnicode_InternFromString("TIMEOUT");
-    if (s_depth == NULL || SLOW == NULL || TIMEOUT == NULL)
+    i_five = PyLong_FromLong(5);
+    SLOW = sentinel("SLOW");
+    TIMEOUT = sentinel("TIMEOUT");
+    BAD = sentinel("BAD");
+    if (!py_dumps || !py_loads || !s_depth || !i_five || !SLOW || !TIMEOUT || !BAD)
         goto fail;
     if (PyModule_AddObjectRef(m, "FastRing", (PyObject *)&FastRingType) < 0
         || PyModule_AddObjectRef(m, "SLOW", SLOW) < 0
-        || PyModule_AddObjectRef(m, "TIMEOUT", TIMEOUT) < 0)
+        || PyModule_AddObjectRef(m, "TIMEOUT", TIMEOUT) < 0
+        || PyModule_AddObjectRef(m, "BAD", BAD) < 0)
         goto fail;
     PyObject *layout = Py_BuildValue("(iiiiiiii)", HDR, MAXPROC, SLOT_BYTES, NCELL, ENTRY,
                                      INLINE_MAX, H_CNT, DIRECT);
@@ -813,6 +995,10 @@ PyInit__fastring(void)
     Py_DECREF(layout);
     if (rc < 0)
         goto fail;
+    if (pthread_atfork(NULL, NULL, after_fork_child) != 0) {
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        goto fail;
+    }
     return m;
 fail:
     Py_DECREF(m);

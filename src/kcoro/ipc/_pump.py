@@ -126,4 +126,5 @@ def pump_for(ch: Channel[Any]) -> Pump:
             if p is None:
                 ch._ensure()
                 p = ch.__dict__["_pump"] = Pump(ch)
+                ch._frr = None  # receives look at the pump's held item first (Python path)
     return p

@@ -7,8 +7,12 @@ mapping, so ``kill -9`` of every process leaves nothing)::
 
 Locks (both released by the kernel when a process dies):
 
-* the channel lock: ``flock(LOCK_EX)`` on a per-process open file description of the memfd
-  (reopened through ``/proc/self/fd``), plus a process-local RLock for threads (``ArenaLock``);
+* the channel lock: a process-shared **robust** ``pthread_mutex_t`` in the header (no syscall
+  when uncontended; when its owner dies the kernel hands it to the next locker with
+  ``EOWNERDEAD``), or -- where glibc's robust mutexes are not available, or with
+  ``KCORO_IPC_LOCK=flock`` -- ``flock(LOCK_EX)`` on a per-process open file description of the
+  memfd (reopened through ``/proc/self/fd``); the kind is fixed in the header at creation.  Plus
+  a process-local RLock for threads and re-entrancy (``ArenaLock``);
 * liveness: each attached process holds an OFD write lock on byte ``LIVE_BASE + slot``; a peer
   whose byte is unlocked is dead (no pid-reuse problem, no heartbeat).
 
@@ -48,7 +52,7 @@ from typing import Any
 from .._payload import ALLOC, NO_HOLDER, Arena, ArenaLock, _meta_size
 
 MAGIC = 0x4B434F524F495043  # "KCOROIPC"
-VERSION = 1
+VERSION = 2  # 2: the lock kind (robust mutex) in the header
 PAGE = 4096
 HDR = PAGE
 MAXPROC = 32
@@ -69,6 +73,10 @@ H_HEAD, H_TAIL, H_FLAGS, H_POLICY, H_EPOCH, H_DIRTY = 40, 48, 56, 60, 64, 72
 H_DEADPID = 76
 H_ARMR_TOTAL, H_ARMS_TOTAL = 128, 132
 H_SEQ = 136  # u64 bumped at the end of every locked section
+H_LOCK_KIND = 144  # u32: LOCK_FLOCK or LOCK_MUTEX
+H_LOCK_ABI = 160  # 32 bytes: the libc/machine whose pthread_mutex_t layout is in H_MUTEX
+H_MUTEX = 1024  # 64 bytes: the robust, process-shared pthread_mutex_t
+LOCK_FLOCK, LOCK_MUTEX = 0, 1
 DIRECT = 0x100  # in a list of bells to ring: the slot's direct bell
 F_PIN, F_ACKED = 1, 2  # arena block flags; bits 2.. = pinning slot + 1
 H_UUID, H_ARENA_OFF, H_ARENA_CAP, H_ARENA_MB, H_TOTAL = 80, 96, 104, 112, 120
@@ -106,6 +114,62 @@ _get_ident = threading.get_ident
 _FL = struct.Struct("hhqqi4x")  # struct flock (x86-64 / aarch64 Linux)
 F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
 F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
+
+
+class _Pthread:
+    """glibc's robust process-shared mutexes through ctypes (the pure-Python path uses them
+    too: every process attached to a region must take the same lock)."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        if not libc.startswith("glibc"):
+            raise OSError("robust process-shared mutexes need glibc")
+        self.abi = f"glibc-{os.uname().machine}".encode()[:31]
+        lib = ctypes.CDLL(None)
+        self.ctypes = ctypes
+        vp, ci = ctypes.c_void_p, ctypes.c_int
+
+        def fn(name: str, *args: Any) -> Any:
+            f = getattr(lib, name)
+            f.restype = ci
+            f.argtypes = list(args)
+            return f
+
+        self.mutex_lock = fn("pthread_mutex_lock", vp)
+        self.mutex_unlock = fn("pthread_mutex_unlock", vp)
+        self.mutex_consistent = fn("pthread_mutex_consistent", vp)
+        self.mutex_init = fn("pthread_mutex_init", vp, vp)
+        self.mutexattr_init = fn("pthread_mutexattr_init", vp)
+        self.mutexattr_setpshared = fn("pthread_mutexattr_setpshared", vp, ci)
+        self.mutexattr_setrobust = fn("pthread_mutexattr_setrobust", vp, ci)
+        self.mutexattr_destroy = fn("pthread_mutexattr_destroy", vp)
+
+    def init(self, mx: Any) -> None:
+        attr = self.ctypes.create_string_buffer(64)
+        if (self.mutexattr_init(attr) or self.mutexattr_setpshared(attr, 1)
+                or self.mutexattr_setrobust(attr, 1) or self.mutex_init(mx, attr)):
+            raise OSError("pthread_mutex_init (robust, process-shared) failed")
+        self.mutexattr_destroy(attr)
+
+
+_pthread: _Pthread | None
+try:
+    _pthread = _Pthread()
+except (OSError, AttributeError, ValueError):  # pragma: no cover - not glibc
+    _pthread = None
+
+
+_mutex_lock: Any = _pthread.mutex_lock if _pthread is not None else None
+_mutex_unlock: Any = _pthread.mutex_unlock if _pthread is not None else None
+
+
+def _lock_kind_for_new_region() -> int:
+    want = os.environ.get("KCORO_IPC_LOCK", "")
+    if want == "flock" or _pthread is None:
+        return LOCK_FLOCK
+    return LOCK_MUTEX
 
 
 def _flock_arg(kind: int, start: int) -> bytes:
@@ -185,6 +249,15 @@ class Region:
             self._init(create)
         if self._get64(H_MAGIC) != MAGIC or self._get32(H_VERSION) != VERSION:
             raise ValueError("not a kcoro IPC region (bad magic or version)")
+        self.lock_kind = self._get32(H_LOCK_KIND)
+        self._mx: Any = None  # the mutex's address (LOCK_MUTEX), set at attach
+        if self.lock_kind == LOCK_MUTEX:
+            abi = bytes(self.q[H_LOCK_ABI:H_LOCK_ABI + 32]).rstrip(b"\0")
+            if _pthread is None or abi != _pthread.abi:
+                raise ValueError(f"kcoro IPC region locked by a {abi.decode()!r} mutex, which "
+                                 f"this process cannot use")
+        elif self.lock_kind != LOCK_FLOCK:
+            raise ValueError(f"unknown lock kind {self.lock_kind} in kcoro IPC region")
         self.kind = KIND_NAME[self._get32(H_KIND)]
         self.cap = self._get64(H_CAP)
         self.drop = self._get32(H_DROP)
@@ -269,10 +342,28 @@ class Region:
         self._set64(H_TOTAL, total)
         name = c["name"].encode()[:127]
         self.q[H_NAME:H_NAME + len(name)] = name
+        kind = _lock_kind_for_new_region()
+        if kind == LOCK_MUTEX:
+            assert _pthread is not None
+            _pthread.init(self._addr(H_MUTEX))
+            self.q[H_LOCK_ABI:H_LOCK_ABI + len(_pthread.abi)] = _pthread.abi
+        self._set32(H_LOCK_KIND, kind)
+
+    def _addr(self, off: int) -> Any:
+        """A ctypes pointer to byte ``off`` of the mapping (pins the mapping)."""
+        assert _pthread is not None
+        ct = _pthread.ctypes
+        return ct.c_void_p(ct.addressof(ct.c_char.from_buffer(self.map, off)))
 
     # -- the channel lock ----------------------------------------------------------------------
     def _xlock(self) -> None:
-        _flock(self._ofd, _LOCK_EX)
+        mx = self._mx
+        if mx is not None:
+            rc = _mutex_lock(mx)
+            if rc:
+                self._mutex_trouble(rc)
+        else:
+            _flock(self._ofd, _LOCK_EX)
         h32 = self.h32
         d = h32[18]  # H_DIRTY
         if d:
@@ -282,10 +373,38 @@ class Region:
     def _xunlock(self) -> None:
         self.h64[17] += 1  # H_SEQ: every section is a change spinners can see
         self.h32[18] = 0
-        _flock(self._ofd, _LOCK_UN)
+        mx = self._mx
+        if mx is not None:
+            _mutex_unlock(mx)
+        else:
+            _flock(self._ofd, _LOCK_UN)
         if self.late_wake:  # bells claimed by deferred frees / dropped entries
             late, self.late_wake = self.late_wake, []
             self.ring(late)
+
+    def _mutex_trouble(self, rc: int) -> None:
+        """``pthread_mutex_lock`` did not simply succeed.  EOWNERDEAD: its owner died; we own
+        it now -- mark it consistent (our dirty marker says whether state needs repair)."""
+        assert _pthread is not None
+        if rc == errno.EOWNERDEAD:
+            _pthread.mutex_consistent(self._mx)
+            return
+        raise OSError(rc, f"IPC channel {self.name!r}: channel lock: {os.strerror(rc)}")
+
+    def _raw_lock(self) -> None:
+        """The cross-process lock alone (slot claim, before this process has a slot)."""
+        if self._mx is not None:
+            rc = _mutex_lock(self._mx)
+            if rc:
+                self._mutex_trouble(rc)
+        else:
+            fcntl.flock(self._ofd, fcntl.LOCK_EX)
+
+    def _raw_unlock(self) -> None:
+        if self._mx is not None:
+            _mutex_unlock(self._mx)
+        else:
+            fcntl.flock(self._ofd, fcntl.LOCK_UN)
 
     def heal(self) -> None:
         """A section of ours found the dirty marker (the C fast path lets go of the lock and
@@ -314,7 +433,9 @@ class Region:
         self.slot = -1
         self.lock = ArenaLock(self._xlock, self._xunlock)
         self.arena.lock = self.lock
-        fcntl.flock(self._ofd, fcntl.LOCK_EX)
+        if self.lock_kind == LOCK_MUTEX and self._mx is None:
+            self._mx = self._addr(H_MUTEX)
+        self._raw_lock()
         try:
             for s in range(MAXPROC):
                 base = self._pbase(s)
@@ -333,7 +454,7 @@ class Region:
                     self.slot = s
                     break
         finally:
-            fcntl.flock(self._ofd, fcntl.LOCK_UN)
+            self._raw_unlock()
         if self.slot < 0:
             os.close(self._ofd)
             self._ofd = -1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = ["SPIN_NS", "Waiting"]
 # side.  Then it arms and sleeps on its doorbell (no CPU while idle).
 SPIN_NS = int(float(os.environ.get("KCORO_IPC_SPIN_US", "50")) * 1000)
 _perf_ns = time.perf_counter_ns
+_DONTWAIT = socket.MSG_DONTWAIT
 _WAIT = 1
 
 
@@ -283,7 +285,7 @@ class Waiting:
         ready = self._dpoll.poll(ms)
         try:
             while True:
-                self._dbell.recv(64)
+                self._dbell.recv(64, _DONTWAIT)  # (a blocking socket: see _fastring.c)
         except OSError:
             pass
         self._r.clear_direct_bell()
