@@ -82,6 +82,7 @@ from ._region import (
     POLICY_CLOSE,
     POLICY_IGNORE,
     SLOT_BYTES,
+    Entry,
     Region,
     new_region,
 )
@@ -110,7 +111,9 @@ if not os.environ.get("KCORO_PURE"):
 _SLOW = getattr(_fastring, "SLOW", None)
 _TIMEOUT = getattr(_fastring, "TIMEOUT", None)
 _BAD = getattr(_fastring, "BAD", None)
-_FR_COUNTERS = (CI["sends"], CI["recvs"], CI["first_op_ns"], CI["last_op_ns"], CI["peak"])
+_HELD = getattr(_fastring, "Held", None)
+_FR_COUNTERS = (CI["sends"], CI["recvs"], CI["first_op_ns"], CI["last_op_ns"], CI["peak"],
+                CI["zref_received"], CI["bytes_recv"], CI["zref_sent"], CI["bytes_sent"])
 _loads = pickle.loads
 _get_running_loop = asyncio._get_running_loop
 
@@ -183,9 +186,10 @@ class Channel(RingOps, Waiting, Generic[T]):
                     r.map, r._ofd, H_MUTEX if r.lock_kind == LOCK_MUTEX else 0,
                     self._dbell.fileno(), r.slot, r.ring_off, r.ring_n, r.cap, r.drop,
                     _FR_COUNTERS, r.lock, self._wake_local, r.heal, r.uuid.hex().encode(),
-                    SPIN_NS)
+                    SPIN_NS, r.arena_layout())
             except (OSError, ValueError):  # pragma: no cover - the Python path does it all
                 self._fr = None
+        r.fast = self._fr
         self._frr = self._fr  # receives: None while a select pump owns them (see _pump)
         self._leader: Any = self._fr if self._fr is not None else threading.Lock()
         _live.add(self)
@@ -263,8 +267,10 @@ class Channel(RingOps, Waiting, Generic[T]):
         check_blocking_allowed("ipc.Channel.send_blocking()")
         timeout = check_timeout(timeout)
         self._ensure()
-        m = self._encode(item, False)
         fr = self._fr
+        if fr is not None and self._send_moved_fast(fr, item):
+            return
+        m = self._encode(item, False)
         if fr is not None and m.kind == E_INLINE and fr.send_pickle(m.data) is None:
             return
         if timeout == 0:
@@ -284,12 +290,20 @@ class Channel(RingOps, Waiting, Generic[T]):
                 raise
         self._send_done(st, m)
 
+    def _send_moved_fast(self, fr: Any, p: Any) -> bool:
+        """C: move a payload of our arena into a buffer with room (False: not done)."""
+        if (type(p) is not Payload or p.arena is not self._r.arena or p.spilled or p._idx < 0
+                or p._refs <= 0 or fr.send_payload(p._idx, p._gen, p.nbytes) is not None):
+            return False
+        self._moved(p, p._idx, p._gen)
+        return True
+
     def try_send(self, item: T) -> bool:
         """Send without waiting: ``WouldBlock`` when full (rendezvous: no receiver parked);
         False for DROP_LATEST on a full buffer."""
         self._ensure()
         fr = self._fr
-        if fr is not None and fr.send(item) is None:
+        if fr is not None and (fr.send(item) is None or self._send_moved_fast(fr, item)):
             return True
         m = self._encode(item, False)
         if fr is not None and m.kind == E_INLINE and fr.send_pickle(m.data) is None:
@@ -334,6 +348,8 @@ class Channel(RingOps, Waiting, Generic[T]):
                     self._count("recv_cancelled")
                     raise
                 if v is not _SLOW:
+                    if type(v) is _HELD:  # a block / payload descriptor, now held by us
+                        return self._held_entry(v)  # type: ignore[no-any-return]
                     if v is _TIMEOUT:
                         self._count("recv_timeout")
                         raise make_timeout(f"receive from IPC channel {self.name!r}")
@@ -365,11 +381,19 @@ class Channel(RingOps, Waiting, Generic[T]):
         if fr is not None:
             v = fr.recv(0)
             if v is not _SLOW:
+                if type(v) is _HELD:
+                    return self._held_entry(v)  # type: ignore[no-any-return]
                 if v is _BAD:
                     raise self._bad_inline(fr)
                 return v  # type: ignore[no-any-return]
         st, val = self._recv_attempt(True)(_Op(), False)
         return self._recv_done(st, val)  # type: ignore[no-any-return]
+
+    def _held_entry(self, h: Any) -> Any:
+        """The C path took a block / payload entry (a ``_fastring.Held``): rebuild the message
+        over its block, as the Python path does."""
+        return self._decode(Entry(h.kind, h.slot, NOCELL, h.length, h.idx, h.gen, h.nbytes,
+                                  b""), False)
 
     def _bad_inline(self, fr: Any) -> ProtocolError:
         """The C path took an inline entry whose pickle does not load: the error to raise."""

@@ -150,7 +150,9 @@ def decode_payload(region: Region, e: Entry) -> Payload:
         a._finalize_block(e.idx, e.gen, region.pid)
         raise ProtocolError(f"payload descriptor from peer slot {e.slot} is larger than its "
                             f"block", peer=e.slot)
-    return Payload._block(a, e.idx, e.nbytes, e.gen)
+    p = Payload._block(a, e.idx, e.nbytes, e.gen)
+    p._lock = region.plock  # its refcount is this process's business only
+    return p
 
 
 _ = ctypes

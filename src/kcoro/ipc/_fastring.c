@@ -43,6 +43,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -64,6 +65,24 @@
 #define ENTRY 256
 #define INLINE_MAX (ENTRY - 48)
 #define E_INLINE 1
+#define E_BLOCK 2
+#define E_PAYLOAD 3
+#define QUEUED 0xFFFE
+#define NO_HOLDER 0xFFFF
+#define NLEDGER 64
+#define P_NHELD 7
+#define P_LEDGER (P_CELLS + NCELL) /* u32 index: (idx, gen, kind) triples */
+/* arena metadata (kcoro._payload) */
+#define A_FREE 1
+#define A_ALLOC 2
+#define AC_IN_USE 0
+#define AC_PEAK 1
+#define AC_BLOCKS 2
+#define AC_ALLOCS 3
+#define AC_FREES 4
+#define AC_STALE 7
+#define F_PIN 1
+#define F_ACKED 2
 #define NOCELL 0xFFFF
 #define DIRECT 0x100
 #define F_CLOSED 1
@@ -119,7 +138,13 @@ typedef struct {
     pthread_mutex_t *mx;         /* the region's robust mutex, or NULL: flock on ofd */
     uint64_t ring_off, ring_n, cap;
     uint32_t drop;
-    int c_sends, c_recvs, c_first, c_last, c_peak;
+    int c_sends, c_recvs, c_first, c_last, c_peak, c_zrecv, c_bytes_recv, c_zsent, c_bytes_sent;
+    /* the arena's metadata (kcoro._payload._Meta), inside the same mapping */
+    uint8_t *a_state, *a_order, *a_flags;
+    uint16_t *a_holder;
+    uint32_t *a_gen, *a_nxt, *a_prv, *a_heads;
+    uint64_t *a_cnt;
+    uint32_t a_nblk, a_maxorder, a_shift;
     PyObject *acq, *rel;         /* flock regions: the process-local RLock's acquire / release */
     PyObject *alock;             /* the ArenaLock (its _depth tells a Python section) */
     PyObject *on_wake, *heal;
@@ -128,6 +153,9 @@ typedef struct {
     int64_t spin_ns;
     int spin_fails, spin_skip;
     int last_slot;
+    uint8_t d_kind;              /* the descriptor of the last block / payload entry taken */
+    uint32_t d_idx, d_gen, d_length;
+    uint64_t d_nbytes;
     int leader;                  /* a thread of this process waits on the direct bell */
     unsigned long gen;           /* fork_gen when made */
     BellAddr bells[MAXPROC][2];  /* cached doorbell addresses (I/O, direct) */
@@ -430,11 +458,53 @@ recv_locked(FastRing *f, char *buf, Py_ssize_t *len, int arm, int *armed, Bells 
         memcpy(&c, e + 2, 2);
         memcpy(&s, e + 4, 2);
         memcpy(&length, e + 8, 4);
-        if ((uint8_t)e[0] != E_INLINE || length > INLINE_MAX
-            || (c != NOCELL && (c >= NCELL || s >= MAXPROC)))
+        uint8_t kind = (uint8_t)e[0];
+        if (c != NOCELL && (c >= NCELL || s >= MAXPROC))
             return ST_SLOW;
-        memcpy(buf, e + 48, length);
-        *len = length;
+        if (kind == E_INLINE) {
+            if (length > INLINE_MAX)
+                return ST_SLOW;
+            memcpy(buf, e + 48, length);
+            *len = length;
+        }
+        else if (kind == E_BLOCK || kind == E_PAYLOAD) {
+            /* take ownership of its block (HELD by us, in our ledger): only a valid QUEUED
+             * block of that generation; anything else is the Python path's protocol error */
+            uint32_t idx, gen;
+            uint64_t nbytes;
+            memcpy(&idx, e + 12, 4);
+            memcpy(&gen, e + 16, 4);
+            memcpy(&nbytes, e + 20, 8);
+            if (f->a_state == NULL || idx >= f->a_nblk || f->a_state[idx] != A_ALLOC
+                || f->a_gen[idx] != gen || f->a_holder[idx] != QUEUED)
+                return ST_SLOW;
+            f->a_holder[idx] = (uint16_t)f->slot;
+            volatile uint32_t *p = P32(f) + f->slot * (SLOT_BYTES / 4);
+            uint32_t n = p[P_NHELD];
+            if (n < NLEDGER) {
+                p[P_LEDGER + 3 * n] = idx;
+                p[P_LEDGER + 3 * n + 1] = gen;
+                p[P_LEDGER + 3 * n + 2] = kind;
+                p[P_NHELD] = n + 1;
+            }
+            volatile uint64_t *c64 = C64(f);
+            if (kind == E_PAYLOAD) {
+                c64[f->c_zrecv] += 1;
+                c64[f->c_bytes_recv] += nbytes;
+            }
+            else if (length) {
+                c64[f->c_bytes_recv] += length;
+            }
+            f->d_kind = kind;
+            f->d_idx = idx;
+            f->d_gen = gen;
+            f->d_nbytes = nbytes;
+            f->d_length = length;
+            *len = -1; /* a descriptor, not bytes */
+        }
+        else {
+            return ST_SLOW;
+        }
         f->last_slot = s;
         h64[H64_HEAD] = ++head;
         if (c != NOCELL && *cell(f, s, c) == CELL_PENDING) {
@@ -614,9 +684,48 @@ disarm(FastRing *f, int *armed)
     return rc;
 }
 
+/* The descriptor of a block / payload entry the C path took (held by this process now).  Not
+ * constructible from Python, so no unpickled item can ever be one. */
+typedef struct {
+    PyObject_HEAD
+    int kind, slot;
+    unsigned int length, idx, gen;
+    unsigned long long nbytes;
+} Held;
+
+static PyMemberDef Held_members[] = {
+    {"kind", T_INT, offsetof(Held, kind), READONLY, NULL},
+    {"slot", T_INT, offsetof(Held, slot), READONLY, NULL},
+    {"length", T_UINT, offsetof(Held, length), READONLY, NULL},
+    {"idx", T_UINT, offsetof(Held, idx), READONLY, NULL},
+    {"gen", T_UINT, offsetof(Held, gen), READONLY, NULL},
+    {"nbytes", T_ULONGLONG, offsetof(Held, nbytes), READONLY, NULL},
+    {NULL}};
+
+static PyTypeObject HeldType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kcoro.ipc._fastring.Held",
+    .tp_basicsize = sizeof(Held),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_doc = "A block / payload entry taken by the C path (now held by this process).",
+    .tp_members = Held_members,
+};
+
 static PyObject *
 loaded(FastRing *f, const char *buf, Py_ssize_t len)
 {
+    if (len < 0) { /* a block or payload */
+        Held *h = PyObject_New(Held, &HeldType);
+        if (h == NULL)
+            return NULL;
+        h->kind = f->d_kind;
+        h->slot = f->last_slot;
+        h->length = f->d_length;
+        h->idx = f->d_idx;
+        h->gen = f->d_gen;
+        h->nbytes = f->d_nbytes;
+        return (PyObject *)h;
+    }
     PyObject *data = PyBytes_FromStringAndSize(buf, len);
     if (data == NULL)
         return NULL;
@@ -744,6 +853,356 @@ error:
     return NULL;
 }
 
+/* ---- the arena's buddy allocator (kcoro._payload.Arena._take / _give, branch for branch) -----
+ * Called by SharedArena with the channel lock held (a Python section); no Python runs here. */
+
+static inline void
+a_push(FastRing *f, uint32_t i, uint32_t o)
+{
+    uint32_t h = f->a_heads[o];
+    f->a_state[i] = A_FREE;
+    f->a_order[i] = (uint8_t)o;
+    f->a_prv[i] = 0;
+    f->a_nxt[i] = h;
+    if (h)
+        f->a_prv[h - 1] = i + 1;
+    f->a_heads[o] = i + 1;
+}
+
+static inline void
+a_unlink(FastRing *f, uint32_t i, uint32_t o)
+{
+    uint32_t p = f->a_prv[i], n = f->a_nxt[i];
+    if (p)
+        f->a_nxt[p - 1] = n;
+    else
+        f->a_heads[o] = n;
+    if (n)
+        f->a_prv[n - 1] = p;
+}
+
+/* allocate a block for n bytes: its head index, or -1 */
+static long long
+a_take(FastRing *f, long long n, long holder, long flags)
+{
+    uint64_t blocks = ((uint64_t)n + (1ULL << f->a_shift) - 1) >> f->a_shift;
+    uint32_t o = blocks <= 1 ? 0 : (uint32_t)(64 - __builtin_clzll(blocks - 1));
+    if (o > f->a_maxorder)
+        return -1;
+    uint32_t k = o;
+    while (k <= f->a_maxorder && !f->a_heads[k])
+        k++;
+    if (k > f->a_maxorder)
+        return -1;
+    uint32_t i = f->a_heads[k] - 1;
+    a_unlink(f, i, k);
+    while (k > o) { /* split, keeping the lower half */
+        k--;
+        a_push(f, i + (1u << k), k);
+    }
+    f->a_order[i] = (uint8_t)o;
+    f->a_state[i] = A_ALLOC;
+    f->a_holder[i] = (uint16_t)holder;
+    f->a_flags[i] = (uint8_t)flags;
+    uint64_t *c = f->a_cnt;
+    c[AC_IN_USE] += (1ULL << f->a_shift) << o;
+    if (c[AC_IN_USE] > c[AC_PEAK])
+        c[AC_PEAK] = c[AC_IN_USE];
+    c[AC_BLOCKS] += 1;
+    c[AC_ALLOCS] += 1;
+    return i;
+}
+
+/* take(nbytes, holder, flags) -> block index, or -1 (no block); None: use the Python code */
+static PyObject *
+FastRing_take(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take(nbytes, holder, flags)");
+        return NULL;
+    }
+    if (f->a_state == NULL || f->gen != fork_gen)
+        Py_RETURN_NONE;
+    long long n = PyLong_AsLongLong(args[0]);
+    long holder = PyLong_AsLong(args[1]), flags = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLongLong(a_take(f, n < 1 ? 1 : n, holder, flags));
+}
+
+/* return block i of generation gen to the free lists: 1, or 0 if stale (counted) */
+static int
+a_give(FastRing *f, long long i, long long gen)
+{
+    uint64_t *c = f->a_cnt;
+    if (i < 0 || i >= f->a_nblk || f->a_state[i] != A_ALLOC || f->a_gen[i] != (uint64_t)gen) {
+        c[AC_STALE] += 1;
+        return 0;
+    }
+    uint32_t b, j = (uint32_t)i, o = f->a_order[j];
+    f->a_gen[j] = (uint32_t)(gen + 1);
+    f->a_holder[j] = NO_HOLDER;
+    f->a_flags[j] = 0;
+    c[AC_IN_USE] -= (1ULL << f->a_shift) << o;
+    c[AC_BLOCKS] -= 1;
+    c[AC_FREES] += 1;
+    while (o < f->a_maxorder) { /* merge with a free buddy of the same order */
+        b = j ^ (1u << o);
+        if ((uint64_t)b + (1u << o) > f->a_nblk || f->a_state[b] != A_FREE || f->a_order[b] != o)
+            break;
+        a_unlink(f, b, o);
+        f->a_state[b > j ? b : j] = 0;
+        j = b < j ? b : j;
+        o++;
+    }
+    a_push(f, j, o);
+    return 1;
+}
+
+/* give(i, gen) -> bool (False: stale, counted); None: use the Python code */
+static PyObject *
+FastRing_give(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "give(i, gen)");
+        return NULL;
+    }
+    if (f->a_state == NULL || f->gen != fork_gen)
+        Py_RETURN_NONE;
+    long long i = PyLong_AsLongLong(args[0]), gen = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    return PyBool_FromLong(a_give(f, i, gen));
+}
+
+/* ---- payloads moved between processes (Region: pin / unpin / ack, RingOps._append) ------------ */
+
+static void
+ledger_remove(FastRing *f, unsigned s, uint32_t idx, uint32_t gen)
+{
+    volatile uint32_t *p = P32(f) + s * (SLOT_BYTES / 4);
+    uint32_t n = p[P_NHELD];
+    if (n > NLEDGER)
+        n = NLEDGER;
+    for (uint32_t k = 0; k < n; k++) {
+        if (p[P_LEDGER + 3 * k] == idx && p[P_LEDGER + 3 * k + 1] == gen) {
+            for (int w = 0; w < 3; w++)
+                p[P_LEDGER + 3 * k + w] = p[P_LEDGER + 3 * (n - 1) + w];
+            p[P_NHELD] = n - 1;
+            return;
+        }
+    }
+}
+
+/* lock for a payload operation: 0 locked, 1 use the Python code, -1 error */
+static int
+pay_lock(FastRing *f)
+{
+    if (f->a_state == NULL || f->gen != fork_gen)
+        return 1;
+    int rc = fr_lock(f);
+    return rc < 0 ? -1 : rc == ST_BUSY ? 1 : 0;
+}
+
+/* send_payload(idx, gen, nbytes) -> None | SLOW: move a payload of this arena (WRITING or held
+ * by us) into a buffer with room, as an entry; its block is pinned by us until the caller's
+ * views are gone (unpin) */
+static PyObject *
+FastRing_send_payload(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "send_payload(idx, gen, nbytes)");
+        return NULL;
+    }
+    unsigned long long idx = PyLong_AsUnsignedLongLong(args[0]);
+    unsigned long long gen = PyLong_AsUnsignedLongLong(args[1]);
+    unsigned long long nbytes = PyLong_AsUnsignedLongLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    int rc = pay_lock(f);
+    if (rc)
+        return rc < 0 ? NULL : Py_NewRef(SLOW);
+    Bells bells;
+    bells.n = 0;
+    volatile uint64_t *h64 = H64(f);
+    uint64_t head = h64[H64_HEAD], tail = h64[H64_TAIL];
+    int st = ST_SLOW;
+    if (!(H32(f)[H32_FLAGS] & F_CLOSED) && !f->drop && f->cap && tail - head < f->cap
+        && idx < f->a_nblk && f->a_state[idx] == A_ALLOC && f->a_gen[idx] == gen
+        && f->a_holder[idx] == (uint16_t)f->slot && nbytes <= UINT32_MAX) {
+        ledger_remove(f, (unsigned)f->slot, (uint32_t)idx, (uint32_t)gen);
+        f->a_holder[idx] = QUEUED;
+        f->a_flags[idx] = (uint8_t)(F_PIN | ((f->slot + 1) << 2));
+        char *e = entry(f, tail);
+        uint8_t hdr[44];
+        memset(hdr, 0, sizeof hdr);
+        uint16_t c = NOCELL, sl = (uint16_t)f->slot;
+        uint32_t len = (uint32_t)nbytes, i32 = (uint32_t)idx, g32 = (uint32_t)gen;
+        uint64_t nb = nbytes;
+        hdr[0] = E_PAYLOAD;
+        memcpy(hdr + 2, &c, 2);
+        memcpy(hdr + 4, &sl, 2);
+        memcpy(hdr + 8, &len, 4);
+        memcpy(hdr + 12, &i32, 4);
+        memcpy(hdr + 16, &g32, 4);
+        memcpy(hdr + 20, &nb, 8);
+        memcpy(e, hdr, sizeof hdr);
+        h64[H64_TAIL] = tail + 1; /* publish */
+        volatile uint64_t *c64 = C64(f);
+        if (tail + 1 - head > c64[f->c_peak])
+            c64[f->c_peak] = tail + 1 - head;
+        if (nbytes)
+            c64[f->c_bytes_sent] += nbytes;
+        c64[f->c_zsent] += 1;
+        count_op(f, f->c_sends);
+        if (H32(f)[H32_ARMR])
+            armed_slots(f, 1, 0, &bells);
+        st = ST_OK;
+    }
+    if (fr_unlock(f) < 0)
+        return NULL;
+    ring(f, &bells);
+    return st == ST_OK ? Py_NewRef(Py_None) : Py_NewRef(SLOW);
+}
+
+/* alloc(nbytes) -> (idx, gen) of a block now WRITING by us | None: no block right now, or use
+ * the Python code (which spills) */
+static PyObject *
+FastRing_alloc(FastRing *f, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    int rc = pay_lock(f);
+    if (rc)
+        return rc < 0 ? NULL : Py_NewRef(Py_None);
+    long long i = a_take(f, n < 1 ? 1 : n, f->slot, 0);
+    uint32_t gen = i >= 0 ? f->a_gen[i] : 0;
+    if (fr_unlock(f) < 0)
+        return NULL;
+    if (i < 0)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(LI)", i, gen);
+}
+
+/* unpin(idx, gen) -> None | SLOW: the sender's last view of a moved payload is gone; free the
+ * block if the receiver's ACK came first (and wake senders waiting for room) */
+static PyObject *
+FastRing_unpin(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "unpin(idx, gen)");
+        return NULL;
+    }
+    long long idx = PyLong_AsLongLong(args[0]), gen = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    int rc = pay_lock(f);
+    if (rc)
+        return rc < 0 ? NULL : Py_NewRef(SLOW);
+    Bells bells;
+    bells.n = 0;
+    if (idx >= 0 && idx < f->a_nblk && f->a_state[idx] == A_ALLOC && f->a_gen[idx] == gen
+        && f->a_flags[idx] & F_PIN) {
+        int acked = f->a_flags[idx] & F_ACKED;
+        f->a_flags[idx] = 0;
+        if (acked && a_give(f, idx, gen) && H32(f)[H32_ARMS])
+            armed_slots(f, 0, 1, &bells);
+    }
+    if (fr_unlock(f) < 0)
+        return NULL;
+    ring(f, &bells);
+    Py_RETURN_NONE;
+}
+
+/* ack(idx, gen) -> None | SLOW: the receiver's last view of a block is gone (Region._ack_locked) */
+static PyObject *
+FastRing_ack(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "ack(idx, gen)");
+        return NULL;
+    }
+    long long idx = PyLong_AsLongLong(args[0]), gen = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    int rc = pay_lock(f);
+    if (rc)
+        return rc < 0 ? NULL : Py_NewRef(SLOW);
+    Bells bells;
+    bells.n = 0;
+    int pinned = 0;
+    if (idx >= 0 && idx < f->a_nblk && f->a_state[idx] == A_ALLOC && f->a_gen[idx] == gen) {
+        uint16_t h = f->a_holder[idx];
+        if (h < MAXPROC)
+            ledger_remove(f, h, (uint32_t)idx, (uint32_t)gen);
+        if (f->a_flags[idx] & F_PIN) { /* the sender still has views: free at its unpin */
+            f->a_flags[idx] |= F_ACKED;
+            f->a_holder[idx] = NO_HOLDER;
+            pinned = 1;
+        }
+    }
+    if (!pinned && a_give(f, idx, gen) && H32(f)[H32_ARMS])
+        armed_slots(f, 0, 1, &bells);
+    if (fr_unlock(f) < 0)
+        return NULL;
+    ring(f, &bells);
+    Py_RETURN_NONE;
+}
+
+/* ---- the lock, for the Python path (Region._xlock / _xunlock: the ArenaLock's RLock is held) -- */
+
+/* xlock() -> the dirty marker found (0: clean; else slot + 1 of a process that died inside a
+ * section: the caller repairs); the marker is set to ours */
+static PyObject *
+FastRing_xlock(FastRing *f, PyObject *Py_UNUSED(ignored))
+{
+    if (f->gen != fork_gen) {
+        PyErr_SetString(PyExc_RuntimeError, "FastRing used in a forked child");
+        return NULL;
+    }
+    int rc, err;
+    if (f->mx != NULL) {
+        rc = pthread_mutex_trylock(f->mx);
+        if (rc == EBUSY) {
+            Py_BEGIN_ALLOW_THREADS
+            rc = pthread_mutex_lock(f->mx);
+            Py_END_ALLOW_THREADS
+        }
+        if (rc == EOWNERDEAD)
+            rc = pthread_mutex_consistent(f->mx);
+        err = rc;
+    }
+    else if ((rc = flock(f->ofd, LOCK_EX | LOCK_NB)) == 0) {
+        err = 0;
+    }
+    else {
+        Py_BEGIN_ALLOW_THREADS
+        do {
+            rc = flock(f->ofd, LOCK_EX);
+            err = rc ? errno : 0;
+        } while (rc != 0 && err == EINTR);
+        Py_END_ALLOW_THREADS
+    }
+    if (rc != 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    volatile uint32_t *h32 = H32(f);
+    uint32_t d = h32[H32_DIRTY];
+    h32[H32_DIRTY] = (uint32_t)f->slot + 1;
+    return PyLong_FromUnsignedLong(d);
+}
+
+static PyObject *
+FastRing_xunlock(FastRing *f, PyObject *Py_UNUSED(ignored))
+{
+    __atomic_store_n((uint64_t *)&H64(f)[H64_SEQ], H64(f)[H64_SEQ] + 1, __ATOMIC_RELEASE);
+    H32(f)[H32_DIRTY] = 0;
+    xunlock(f);
+    Py_RETURN_NONE;
+}
+
 /* ---- the leader role, for the Python path -------------------------------------------------- */
 
 static PyObject *
@@ -801,24 +1260,25 @@ FastRing_init(FastRing *f, PyObject *args, PyObject *kwds)
 {
     static char *kw[] = {"map", "ofd", "mutex_off", "dbell", "slot", "ring_off", "ring_n", "cap",
                          "drop", "counters", "lock", "on_wake", "heal", "uuidhex", "spin_ns",
-                         NULL};
-    PyObject *map, *alock, *on_wake, *heal, *counters;
+                         "meta", NULL};
+    PyObject *map, *alock, *on_wake, *heal, *counters, *meta = Py_None;
     const char *uuidhex;
     unsigned long long ring_off, ring_n, cap;
     unsigned int drop;
     long long spin_ns;
     Py_ssize_t mutex_off;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiniiKKKIOOOOyL", kw, &map, &f->ofd,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiniiKKKIOOOOyL|O", kw, &map, &f->ofd,
                                      &mutex_off, &f->dbell, &f->slot, &ring_off, &ring_n, &cap,
                                      &drop, &counters, &alock, &on_wake, &heal, &uuidhex,
-                                     &spin_ns))
+                                     &spin_ns, &meta))
         return -1;
     if (f->have_view) {
         PyErr_SetString(PyExc_RuntimeError, "already initialized");
         return -1;
     }
-    if (!PyArg_ParseTuple(counters, "iiiii", &f->c_sends, &f->c_recvs, &f->c_first, &f->c_last,
-                          &f->c_peak))
+    if (!PyArg_ParseTuple(counters, "iiiiiiiii", &f->c_sends, &f->c_recvs, &f->c_first,
+                          &f->c_last, &f->c_peak, &f->c_zrecv, &f->c_bytes_recv, &f->c_zsent,
+                          &f->c_bytes_sent))
         return -1;
     if (strlen(uuidhex) != 32 || f->slot < 0 || f->slot >= MAXPROC || ring_n == 0) {
         PyErr_SetString(PyExc_ValueError, "bad region geometry");
@@ -838,6 +1298,35 @@ FastRing_init(FastRing *f, PyObject *args, PyObject *kwds)
             return -1;
         }
         f->mx = (pthread_mutex_t *)(f->base + mutex_off);
+    }
+    if (meta != Py_None) {
+        /* byte offsets in the mapping of _Meta's arrays, then nblk, maxorder, log2(min_block) */
+        unsigned long long o[9];
+        unsigned int nblk, maxorder, shift;
+        if (!PyArg_ParseTuple(meta, "KKKKKKKKKIII", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                              &o[6], &o[7], &o[8], &nblk, &maxorder, &shift))
+            return -1;
+        for (int k = 0; k < 9; k++)
+            if (o[k] >= (uint64_t)f->view.len) {
+                PyErr_SetString(PyExc_ValueError, "arena metadata outside the region");
+                return -1;
+            }
+        if (maxorder >= 48 || shift >= 32) {
+            PyErr_SetString(PyExc_ValueError, "bad arena geometry");
+            return -1;
+        }
+        f->a_state = (uint8_t *)(f->base + o[0]);
+        f->a_order = (uint8_t *)(f->base + o[1]);
+        f->a_flags = (uint8_t *)(f->base + o[2]);
+        f->a_holder = (uint16_t *)(f->base + o[3]);
+        f->a_gen = (uint32_t *)(f->base + o[4]);
+        f->a_nxt = (uint32_t *)(f->base + o[5]);
+        f->a_prv = (uint32_t *)(f->base + o[6]);
+        f->a_heads = (uint32_t *)(f->base + o[7]);
+        f->a_cnt = (uint64_t *)(f->base + o[8]);
+        f->a_nblk = nblk;
+        f->a_maxorder = maxorder;
+        f->a_shift = shift;
     }
     f->ring_off = ring_off;
     f->ring_n = ring_n;
@@ -916,7 +1405,22 @@ static PyMethodDef FastRing_methods[] = {
     {"send_pickle", (PyCFunction)FastRing_send_pickle, METH_O,
      "send_pickle(data: bytes) -> None | SLOW: the same with a ready inline pickle."},
     {"recv", (PyCFunction)FastRing_recv, METH_O,
-     "recv(timeout) -> item | SLOW | TIMEOUT | BAD: take (or wait for) an inline entry."},
+     "recv(timeout) -> item | Held | SLOW | TIMEOUT | BAD: take (or wait for) an entry."},
+    {"take", (PyCFunction)(void (*)(void))FastRing_take, METH_FASTCALL,
+     "take(nbytes, holder, flags) -> block | -1 | None: the arena's _take (lock held)."},
+    {"give", (PyCFunction)(void (*)(void))FastRing_give, METH_FASTCALL,
+     "give(i, gen) -> bool | None: the arena's _give (lock held)."},
+    {"send_payload", (PyCFunction)(void (*)(void))FastRing_send_payload, METH_FASTCALL,
+     "send_payload(idx, gen, nbytes) -> None | SLOW: move a payload into a buffer with room."},
+    {"alloc", (PyCFunction)FastRing_alloc, METH_O,
+     "alloc(nbytes) -> (idx, gen) | None: SharedArena.alloc's block (None: the Python code)."},
+    {"unpin", (PyCFunction)(void (*)(void))FastRing_unpin, METH_FASTCALL,
+     "unpin(idx, gen) -> None | SLOW: Region.unpin."},
+    {"ack", (PyCFunction)(void (*)(void))FastRing_ack, METH_FASTCALL,
+     "ack(idx, gen) -> None | SLOW: Region.ack."},
+    {"xlock", (PyCFunction)FastRing_xlock, METH_NOARGS,
+     "The channel lock for a Python section (its RLock held): returns the dirty marker found."},
+    {"xunlock", (PyCFunction)FastRing_xunlock, METH_NOARGS, "End a Python section."},
     {"acquire", (PyCFunction)(void (*)(void))FastRing_acquire, METH_FASTCALL,
      "acquire(False) -> bool: take the leader role (the direct bell) if nobody has it."},
     {"release", (PyCFunction)FastRing_release, METH_NOARGS, "Give the leader role back."},
@@ -964,7 +1468,7 @@ sentinel(const char *name)
 PyMODINIT_FUNC
 PyInit__fastring(void)
 {
-    if (PyType_Ready(&FastRingType) < 0)
+    if (PyType_Ready(&FastRingType) < 0 || PyType_Ready(&HeldType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
@@ -985,7 +1489,8 @@ PyInit__fastring(void)
     if (PyModule_AddObjectRef(m, "FastRing", (PyObject *)&FastRingType) < 0
         || PyModule_AddObjectRef(m, "SLOW", SLOW) < 0
         || PyModule_AddObjectRef(m, "TIMEOUT", TIMEOUT) < 0
-        || PyModule_AddObjectRef(m, "BAD", BAD) < 0)
+        || PyModule_AddObjectRef(m, "BAD", BAD) < 0
+        || PyModule_AddObjectRef(m, "Held", (PyObject *)&HeldType) < 0)
         goto fail;
     PyObject *layout = Py_BuildValue("(iiiiiiii)", HDR, MAXPROC, SLOT_BYTES, NCELL, ENTRY,
                                      INLINE_MAX, H_CNT, DIRECT);

@@ -49,7 +49,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .._payload import ALLOC, NO_HOLDER, Arena, ArenaLock, _meta_size
+from .._payload import ALLOC, NO_HOLDER, Arena, ArenaLock, Payload, _meta_size
 
 MAGIC = 0x4B434F524F495043  # "KCOROIPC"
 VERSION = 2  # 2: the lock kind (robust mutex) in the header
@@ -218,13 +218,38 @@ class SharedArena(Arena):
 
     def alloc(self, nbytes: int) -> Any:
         """A payload in shared memory (WRITING, owned by this process until sent)."""
-        self.region.ensure_attached()
-        return super().alloc(nbytes)
+        r = self.region
+        r.ensure_attached()
+        fast = r.fast
+        if fast is not None and type(nbytes) is int and nbytes >= 0:
+            ig = fast.alloc(nbytes)  # C: one section; None: full (spill) or busy
+            if ig is not None:
+                p = Payload._block(self, ig[0], nbytes, ig[1])
+                p._lock = r.plock
+                return p
+        p = super().alloc(nbytes)
+        p._lock = r.plock  # its refcount is this process's business only
+        return p
 
+    # the allocator's two hot operations run in C when the fast path is there (same algorithm,
+    # same metadata: processes with and without it share the arena)
     def _take(self, n: int, holder: int = NO_HOLDER, flags: int = 0) -> int:
         if holder == NO_HOLDER:
             holder = self.region.slot
+        fast = self.region.fast
+        if fast is not None:
+            i = fast.take(n, holder, flags)
+            if i is not None:
+                return i  # type: ignore[no-any-return]
         return super()._take(n, holder, flags)
+
+    def _give(self, i: int, gen: int) -> bool:
+        fast = self.region.fast
+        if fast is not None:
+            ok = fast.give(i, gen)
+            if ok is not None:
+                return ok  # type: ignore[no-any-return]
+        return super()._give(i, gen)
 
 
 class Region:
@@ -242,6 +267,8 @@ class Region:
         self.nonce = 0
         self.lock = ArenaLock(self._xlock, self._xunlock)
         self.on_wake: Callable[[], None] = _noop  # set by the endpoint: wake local waiters
+        self.fast: Any = None  # the endpoint's C fast path (kcoro.ipc._fastring), if any
+        self.plock = threading.RLock()  # refcounts of this process's payloads of the arena
         self.late_wake: list[int] = []  # bells claimed by deferred work, rung after unlock
         self._u64 = struct.Struct("<Q")
         self._u32 = struct.Struct("<I")
@@ -349,6 +376,19 @@ class Region:
             self.q[H_LOCK_ABI:H_LOCK_ABI + len(_pthread.abi)] = _pthread.abi
         self._set32(H_LOCK_KIND, kind)
 
+    def arena_layout(self) -> tuple[int, ...]:
+        """Where the arena's metadata arrays lie in the mapping (for the C allocator)."""
+        import ctypes
+
+        def addr(mv: memoryview) -> int:
+            return ctypes.addressof(ctypes.c_char.from_buffer(mv))
+
+        base = addr(self.q)
+        m, a = self.arena._m, self.arena
+        return (*(addr(x) - base for x in (m.state, m.order, m.flags, m.holder, m.gen, m.nxt,
+                                            m.prv, m.heads, m.cnt)),
+                a._nblk, a._maxorder, a._shift)
+
     def _addr(self, off: int) -> Any:
         """A ctypes pointer to byte ``off`` of the mapping (pins the mapping)."""
         assert _pthread is not None
@@ -357,27 +397,35 @@ class Region:
 
     # -- the channel lock ----------------------------------------------------------------------
     def _xlock(self) -> None:
-        mx = self._mx
-        if mx is not None:
-            rc = _mutex_lock(mx)
-            if rc:
-                self._mutex_trouble(rc)
+        fast = self.fast
+        if fast is not None:  # the same steps in one C call
+            d = fast.xlock()
         else:
-            _flock(self._ofd, _LOCK_EX)
-        h32 = self.h32
-        d = h32[18]  # H_DIRTY
+            mx = self._mx
+            if mx is not None:
+                rc = _mutex_lock(mx)
+                if rc:
+                    self._mutex_trouble(rc)
+            else:
+                _flock(self._ofd, _LOCK_EX)
+            h32 = self.h32
+            d = h32[18]  # H_DIRTY
+            h32[18] = self.slot + 1
         if d:
             self._repair(d - 1)
-        h32[18] = self.slot + 1
 
     def _xunlock(self) -> None:
-        self.h64[17] += 1  # H_SEQ: every section is a change spinners can see
-        self.h32[18] = 0
-        mx = self._mx
-        if mx is not None:
-            _mutex_unlock(mx)
+        fast = self.fast
+        if fast is not None:
+            fast.xunlock()
         else:
-            _flock(self._ofd, _LOCK_UN)
+            self.h64[17] += 1  # H_SEQ: every section is a change spinners can see
+            self.h32[18] = 0
+            mx = self._mx
+            if mx is not None:
+                _mutex_unlock(mx)
+            else:
+                _flock(self._ofd, _LOCK_UN)
         if self.late_wake:  # bells claimed by deferred frees / dropped entries
             late, self.late_wake = self.late_wake, []
             self.ring(late)
@@ -429,6 +477,8 @@ class Region:
     def attach(self) -> None:
         """Claim a process slot (after fork too: the child gets its own)."""
         self.pid = os.getpid()
+        self.plock = threading.RLock()
+        self.fast = None  # (a forked child's copy is its parent's: the endpoint makes a new one)
         self._ofd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)
         self.slot = -1
         self.lock = ArenaLock(self._xlock, self._xunlock)
@@ -590,18 +640,23 @@ class Region:
             return
         lk = self.lock
         if lk.held_here():
-            lk.deferred.append(lambda: self._unpin_locked(idx, gen))
+            lk.deferred.append(lambda: self._unpin_locked(idx, gen, self.late_wake))
             return
+        fast = self.fast
+        if fast is not None and fast.unpin(idx, gen) is None:
+            return
+        wake: list[int] = []
         with lk:
-            self._unpin_locked(idx, gen)
+            self._unpin_locked(idx, gen, wake)
+        self.ring(wake)
 
-    def _unpin_locked(self, idx: int, gen: int) -> None:
+    def _unpin_locked(self, idx: int, gen: int, wake: list[int]) -> None:
         m = self.arena._m
         if m.state[idx] == ALLOC and m.gen[idx] == gen and m.flags[idx] & F_PIN:
             acked = m.flags[idx] & F_ACKED
             m.flags[idx] = 0
-            if acked:
-                self.arena._give(idx, gen)
+            if acked and self.arena._give(idx, gen) and self.h32[33]:
+                wake.extend(self._armed_slots(False, True))  # a sender may wait for room
 
     def unpin_flag(self, idx: int) -> None:
         """A withdrawn send: the block is plainly ours again (lock held)."""
@@ -718,6 +773,9 @@ class Region:
             return
         if self.slot < 0 or self.pid != os.getpid():
             return  # detached: the block was left to the ledger rules
+        fast = self.fast
+        if fast is not None and fast.ack(idx, gen) is None:
+            return
         wake: list[int] = []
         with lk:
             self._ack_locked(idx, gen, wake)
@@ -733,7 +791,7 @@ class Region:
                 m.flags[idx] |= F_ACKED
                 m.holder[idx] = NO_HOLDER
                 return
-        if self.arena._give(idx, gen):
+        if self.arena._give(idx, gen) and self.h32[33]:  # H_ARMS_TOTAL: senders may wait
             wake.extend(self._armed_slots(False, True))
 
     # -- crash reclamation ----------------------------------------------------------------------

@@ -495,13 +495,7 @@ class RingOps:
             p = m.payload
             if p is not None:
                 if m.moved:
-                    pinned = p._transfer()
-                    if pinned is None:
-                        self._r.unpin(m.idx, m.gen)
-                    else:
-                        import weakref
-
-                        weakref.finalize(pinned, self._r.unpin, m.idx, m.gen)
+                    self._moved(p, m.idx, m.gen)
                 else:
                     p.release()
             return True
@@ -516,6 +510,15 @@ class RingOps:
                 self._discard_keep_payload(m)
             raise WouldBlock(f"IPC channel {self._r.name!r} is full")
         raise AssertionError(st)
+
+    def _moved(self, p: Payload, idx: int, gen: int) -> None:
+        """A payload's own block was sent (pinned by us): drop our reference; the pin goes when
+        our last view does (now, if there is none)."""
+        pinned = p._transfer()
+        if pinned is None:
+            self._r.unpin(idx, gen)
+        else:
+            _finalize(pinned, self._r.unpin, idx, gen)
 
     def _discard_keep_payload(self, m: _Msg) -> None:
         if m.idx >= 0 and m.kind != E_INLINE and not m.moved:
@@ -545,5 +548,6 @@ _C_RECV_WB = _CI_["recv_would_block"]
 _C_ZRECV, _C_BYTES_RECV = _CI_["zref_received"], _CI_["bytes_recv"]
 _now_ns = time.monotonic_ns
 _loads = __import__("pickle").loads
+_finalize = __import__("weakref").finalize
 _E_pack = _E.pack_into
 _E_unpack = _E.unpack_from
