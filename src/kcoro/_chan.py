@@ -154,7 +154,10 @@ def _nbytes(item: Any) -> int:
     if t is bytes or t is bytearray:
         return len(item)
     if t is memoryview:
-        return item.nbytes  # type: ignore[no-any-return]
+        try:
+            return item.nbytes  # type: ignore[no-any-return]
+        except ValueError:  # a released view: nothing to count (and never raise in a section)
+            return 0
     f = _SIZERS.get(t)
     return f(item) if f is not None else 0
 
@@ -456,6 +459,8 @@ class _PyChanOps(Generic[T]):
                     item = _SLOW_ITEM
             if item is not _SLOW_ITEM:
                 ch.last_op_ns = rt.now_ns  # type: ignore[union-attr]
+                if not ch.first_op_ns:
+                    ch.first_op_ns = rt.now_ns  # type: ignore[union-attr]
         finally:
             _release()
         if item is _PARKED_ITEM:
@@ -488,7 +493,11 @@ class _PyChanOps(Generic[T]):
         if b:
             task._budget = b
         else:
-            await trap(None)
+            try:
+                await trap(None)
+            except BaseException:  # closed or thrown into at the schedule point: the item
+                ch._report((item,))  # was received and cannot be returned; report it
+                raise
         return item  # type: ignore[no-any-return]
 
     def send_blocking(self, item: T, *, timeout: float | None = None,
@@ -557,7 +566,7 @@ class Channel(_ChanOps[T], Generic[T]):
     __slots__ = (  # noqa: RUF023 - state, then counters
         "__weakref__", "_buf", "_cancelled", "_cap", "_cause", "_closed", "_drop", "_kind",
         "_name", "_nrecv", "_nsend", "_on_undelivered", "_origin", "_peak", "_recvq", "_sendq",
-        "_x",
+        "_x", "_xd",
         # counters (sends and bytes_sent are derived: see stats())
         "_buf_bytes", "_lost_bytes", "bytes_recv", "first_op_ns", "last_op_ns",
         "recv_cancelled", "recv_closed", "recv_timeout", "recv_would_block", "recvs",
@@ -607,7 +616,8 @@ class Channel(_ChanOps[T], Generic[T]):
         self._closed = False
         self._cancelled = False
         self._cause: Any = None
-        self._x: Any = None  # scratch: ticket to wake / item dropped, read before unlock
+        self._x: Any = None  # scratch: a ticket to wake, read before unlock
+        self._xd: Any = None  # scratch: an item evicted by DROP_OLDEST, read before unlock
         self._peak = 0
         self.recvs = self.bytes_recv = self._buf_bytes = self._lost_bytes = 0
         self.send_would_block = self.send_timeout = self.send_closed = 0
@@ -668,7 +678,8 @@ class Channel(_ChanOps[T], Generic[T]):
     # Counting: ``sends`` and ``bytes_sent`` are derived in ``stats()`` (every accepted item is
     # received, still buffered, or undelivered), so only the receive side counts items.
     def _put(self, item: Any) -> int:
-        """Offer ``item`` now.  Sets ``self._x`` to a ticket to wake or an evicted item."""
+        """Offer ``item`` now.  Sets ``self._x`` to a ticket to wake, ``self._xd`` to an evicted
+        item (separate slots: an item may itself be a Ticket)."""
         if self._closed:
             return _REFUSED
         if self._nrecv:
@@ -693,7 +704,7 @@ class Channel(_ChanOps[T], Generic[T]):
             if len(buf) > self._peak:
                 self._peak = len(buf)
         elif self._drop == 1:  # DROP_OLDEST (and conflated)
-            old = self._x = buf.popleft()
+            old = self._xd = buf.popleft()
             buf.append(item)
             self.undelivered += 1
             if type(old) in _SIZED_TYPES:
@@ -844,7 +855,7 @@ class Channel(_ChanOps[T], Generic[T]):
 
     # -- one locked attempt, shared by every form except the inlined fast paths ---------------
     def _send_attempt(self, item: Any, t: Ticket | None, cancel: Any,
-                      mode: int) -> tuple[int, Any]:
+                      mode: int) -> tuple[int, Any, Any]:
         """Offer ``item``; if it must wait and ``t`` is given, register ``t`` (``_PARKED``).
 
         ``mode``: 0 a waiting send, 1 a send with timeout=0, 2 ``try_send``.  Counts the failure
@@ -853,8 +864,8 @@ class Channel(_ChanOps[T], Generic[T]):
         _acquire()
         try:
             st = self._put(item)
-            x = self._x
-            self._x = None
+            x, d = self._x, self._xd
+            self._x = self._xd = None
             if st == _FULL:
                 if t is not None:
                     if cancel is None or not cancel._cancelled:
@@ -876,7 +887,7 @@ class Channel(_ChanOps[T], Generic[T]):
                     self._count_dropped(item)
         finally:
             _release()
-        return st, x
+        return st, x, d
 
     def _recv_attempt(self, t: Ticket | None, cancel: Any, try_only: bool) -> tuple[Any, Any]:
         """Take an item; if there is none and ``t`` is given, register ``t`` (``_PARKED``)."""
@@ -903,14 +914,13 @@ class Channel(_ChanOps[T], Generic[T]):
             _release()
         return item, x
 
-    def _sent(self, st: int, x: Any, item: Any, cancel: Any) -> None:
-        """Finish a send attempt that did not park: wake / report / raise."""
+    def _sent(self, st: int, x: Any, d: Any, item: Any, cancel: Any) -> None:
+        """Finish a send attempt that did not park: wake ``x`` / report ``d`` / raise."""
         if st == _OK:
             if x is not None:
-                if type(x) is Ticket:
-                    x._wake()
-                else:
-                    self._report((x,))
+                x._wake()
+            if d is not None:
+                self._report((d,))
             return
         if st == _DROPPED:
             self._report((item,))
@@ -1020,12 +1030,12 @@ class Channel(_ChanOps[T], Generic[T]):
                 raise Cancelled()
         if timeout is not None or cancel is not None:
             timeout = self._precheck(timeout, cancel, True)
-        st, x = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
+        st, x, d = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
         if st == _FULL and timeout != 0:
             # Park on a ticket allocated outside the lock, then retry + register.
             t = _fresh_ticket(task, ctx)
             t.item = item
-            st, x = self._send_attempt(item, t, cancel, 0)
+            st, x, d = self._send_attempt(item, t, cancel, 0)
             if st == _PARKED:
                 if task is not None:
                     task._on = self
@@ -1039,7 +1049,7 @@ class Channel(_ChanOps[T], Generic[T]):
                     raise self._wait_error(t, ctx, True)
                 return
             t.item = None
-        self._sent(st, x, item, cancel)
+        self._sent(st, x, d, item, cancel)
         if task is not None:
             b = task._budget - 1
             if b:
@@ -1053,21 +1063,21 @@ class Channel(_ChanOps[T], Generic[T]):
         Returns True if the item was accepted; False only for DROP_LATEST when the buffer is full
         (the item is dropped and not reported: the caller still owns it).
         """
-        st, x = self._send_attempt(item, None, None, 2)
+        st, x, d = self._send_attempt(item, None, None, 2)
         if st == _DROPPED:
             return False
-        self._sent(st, x, item, None)
+        self._sent(st, x, d, item, None)
         return True
 
     def _send_blocking_slow(self, item: T, timeout: float | None, cancel: Any) -> None:
         """Every form of ``send_blocking`` (the public method comes from the ops base class)."""
         check_blocking_allowed("Channel.send_blocking()")
         timeout = self._precheck(timeout, cancel, True)
-        st, x = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
+        st, x, d = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
         if st == _FULL and timeout != 0:
             t = internal_ticket(thread_waker())
             t.item = item
-            st, x = self._send_attempt(item, t, cancel, 0)
+            st, x, d = self._send_attempt(item, t, cancel, 0)
             if st == _PARKED:
                 try:
                     park_blocking(t, timeout)
@@ -1077,7 +1087,7 @@ class Channel(_ChanOps[T], Generic[T]):
                     raise self._wait_error(t, None, True)
                 return
             t.item = None
-        self._sent(st, x, item, cancel)
+        self._sent(st, x, d, item, cancel)
 
     # -- recv --------------------------------------------------------------------------------
     async def _recv_slow(self, timeout: float | None, cancel: Any, task: Task[Any] | None) -> T:

@@ -125,13 +125,14 @@ _NONE, _WON, _WON_DROPPED, _CLOSED_AT, _PARKED, _TOKEN = range(6)
 
 def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
              entries: list[_SelEntry] | None, cancel: CancelToken | None,
-             ) -> tuple[int, int, Any, Any]:
+             ) -> tuple[int, int, Any, Any, Any]:
     """Phase 1 (probe) and, if ``sel`` is given and nothing is ready, phase 2 (register)."""
     n = len(order)
     status = _NONE
     index = -1
     value: Any = None
-    x: Any = None
+    x: Any = None  # a partner ticket to wake
+    d: Any = None  # an item evicted by DROP_OLDEST (reported)
     _acquire()
     try:
         j = 0
@@ -147,8 +148,8 @@ def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
                 index = i
                 if st == _OK:
                     status = _WON
-                    x = ch._x
-                    ch._x = None
+                    x, d = ch._x, ch._xd
+                    ch._x = ch._xd = None
                 elif st == _DROPPED:
                     status = _WON_DROPPED
                     ch._count_dropped(c.item)
@@ -191,7 +192,7 @@ def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
                 status = _PARKED
     finally:
         _release()
-    return status, index, value, x
+    return status, index, value, x, d
 
 
 _NOITEM: Any = object()  # marks a receive entry (a send entry's item may be None)
@@ -228,7 +229,7 @@ def _unregister(clauses: tuple[Any, ...], entries: list[_SelEntry], sel: Ticket,
 
 
 def _finish_probe(clauses: tuple[Any, ...], status: int, index: int, value: Any,
-                  x: Any) -> tuple[int, Any]:
+                  x: Any, d: Any) -> tuple[int, Any]:
     """Outside the lock: wake the partner / report drops / raise for a closed clause."""
     if status == _CLOSED_AT:
         ch = clauses[index].ch
@@ -239,10 +240,9 @@ def _finish_probe(clauses: tuple[Any, ...], status: int, index: int, value: Any,
         clauses[index].ch._report((clauses[index].item,))
         return index, None
     if x is not None:
-        if type(x) is Ticket:
-            x._wake()
-        else:  # an item evicted by DROP_OLDEST / conflated
-            clauses[index].ch._report((x,))
+        x._wake()
+    if d is not None:  # an item evicted by DROP_OLDEST / conflated
+        clauses[index].ch._report((d,))
     return index, value
 
 
@@ -290,9 +290,9 @@ async def select(*clauses: Clause, timeout: float | None = None, fair: bool = Fa
             raise OperationCancelled("select cancelled by its CancelToken",
                                      reason=cancel._reason)
     order = _order(len(clauses), fair)
-    status, index, value, x = _attempt(clauses, order, None, None, None)
+    status, index, value, x, d = _attempt(clauses, order, None, None, None)
     if status != _NONE:
-        result = _finish_probe(clauses, status, index, value, x)
+        result = _finish_probe(clauses, status, index, value, x, d)
         if task is not None:
             b = task._budget - 1
             if b:
@@ -304,12 +304,12 @@ async def select(*clauses: Clause, timeout: float | None = None, fair: bool = Fa
         raise WouldBlock("select: no clause is ready")
     sel = Ticket(task if task is not None else waker_for(ctx))
     entries = _make_entries(sel, clauses, order)
-    status, index, value, x = _attempt(clauses, order, sel, entries, cancel)
+    status, index, value, x, d = _attempt(clauses, order, sel, entries, cancel)
     if status != _PARKED:
         if status == _TOKEN:
             raise OperationCancelled("select cancelled by its CancelToken",
                                      reason=cancel._reason if cancel is not None else None)
-        return _finish_probe(clauses, status, index, value, x)
+        return _finish_probe(clauses, status, index, value, x, d)
     if task is not None:
         task._on = clauses
     try:
@@ -334,19 +334,19 @@ def select_blocking(*clauses: Clause, timeout: float | None = None, fair: bool =
             raise OperationCancelled("select cancelled by its CancelToken",
                                      reason=cancel._reason)
     order = _order(len(clauses), fair)
-    status, index, value, x = _attempt(clauses, order, None, None, None)
+    status, index, value, x, d = _attempt(clauses, order, None, None, None)
     if status != _NONE:
-        return _finish_probe(clauses, status, index, value, x)
+        return _finish_probe(clauses, status, index, value, x, d)
     if timeout == 0:
         raise WouldBlock("select: no clause is ready")
     sel = Ticket(thread_waker())
     entries = _make_entries(sel, clauses, order)
-    status, index, value, x = _attempt(clauses, order, sel, entries, cancel)
+    status, index, value, x, d = _attempt(clauses, order, sel, entries, cancel)
     if status != _PARKED:
         if status == _TOKEN:
             raise OperationCancelled("select cancelled by its CancelToken",
                                      reason=cancel._reason if cancel is not None else None)
-        return _finish_probe(clauses, status, index, value, x)
+        return _finish_probe(clauses, status, index, value, x, d)
     try:
         park_blocking(sel, timeout)
     finally:

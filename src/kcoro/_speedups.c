@@ -24,7 +24,7 @@
 #include <pythread.h>
 
 /* ---- configuration captured from the Python classes ---------------------------------------- */
-static PyTypeObject *TicketType, *TaskType;
+static PyTypeObject *TicketType, *TaskType, *ChannelType, *RuntimeType;
 static PyObject *owner_dict;          /* _klock._OWNER: non-empty while a Python thread is
                                          inside a kernel section */
 static PyObject *sized_set;           /* _chan._SIZED_TYPES */
@@ -122,8 +122,11 @@ builtin_nbytes(PyObject *item)
         return PyBytes_GET_SIZE(item);
     if (tp == &PyByteArray_Type)
         return PyByteArray_GET_SIZE(item);
-    if (tp == &PyMemoryView_Type)
+    if (tp == &PyMemoryView_Type) {
+        if (((PyMemoryViewObject *)item)->flags & _Py_MEMORYVIEW_RELEASED)
+            return 0;  /* a released view: counted as 0, like the Python reference */
         return PyMemoryView_GET_BUFFER(item)->len;
+    }
     if (!Py_IS_TYPE(tp, &PyType_Type))
         return -2;  /* a custom metaclass may hash in Python: let Python look it up */
     int r = PySet_Contains(sized_set, (PyObject *)tp);
@@ -209,6 +212,8 @@ typedef struct {
     int state;
     int is_send;
     int is_anext;      /* __anext__: ChannelClosed becomes StopAsyncIteration */
+    int running;       /* inside op_send/throw/close: refuse re-entry (another thread or a
+                          callback driving the same op), as a coroutine would */
 } OpObject;
 
 static PyTypeObject OpType;
@@ -295,7 +300,7 @@ static inline PyObject *
 fast_task(OpObject *op)
 {
     PyObject *task = SLOT(op->rt, r_current);
-    if (task == NULL || !Py_IS_TYPE(task, TaskType))
+    if (task == NULL || !Py_IS_TYPE(task, TaskType) || SLOT(task, k_rt) != op->rt)
         return NULL;
     PyObject *scope = SLOT(task, k_scope);
     if (scope == NULL || SLOT(scope, s_eff) != Py_False)
@@ -593,6 +598,8 @@ foreign_fast(OpObject *op, PyObject **result)
             return op_delegate(op, result);
         PyObject *old;
         st = put_section(op->ch, op->item, nb, NULL, &x, &old);
+        if (st == ST_OK)
+            stamp_now(op->ch);  /* inside the section, before any Python code runs */
         if (old != NULL && report_dropped(op->ch, old) < 0) {
             Py_XDECREF(x);
             return PYGEN_ERROR;
@@ -601,7 +608,11 @@ foreign_fast(OpObject *op, PyObject **result)
         Py_INCREF(item);
     }
     else {
+        if (PyDict_GET_SIZE(owner_dict) != 0)  /* re-checked: get_running_loop may run Python */
+            return op_delegate(op, result);
         item = get_section(op->ch, NULL, &x, &st);
+        if (st == ST_OK)
+            stamp_now(op->ch);
     }
     if (st == ST_ERROR)
         return PYGEN_ERROR;
@@ -610,7 +621,6 @@ foreign_fast(OpObject *op, PyObject **result)
             Py_DECREF(item);
         return op_delegate(op, result);
     }
-    stamp_now(op->ch);
     if (x != NULL) {
         int r = wake(x);
         Py_DECREF(x);
@@ -641,11 +651,11 @@ send_fast(OpObject *op, PyObject **result)
     int st = put_section(op->ch, op->item, nb, t, &x, &old);
     if (st == ST_ERROR)
         return PYGEN_ERROR;
-    if (old != NULL && report_dropped(op->ch, old) < 0)
-        return PYGEN_ERROR;  /* after the send happened, as the Python path raises */
     if (st == ST_SLOW)
         return op_delegate(op, result);
-    stamp(op->ch, op->rt);
+    stamp(op->ch, op->rt);  /* still inside the section: before any Python code runs */
+    if (old != NULL && report_dropped(op->ch, old) < 0)
+        return PYGEN_ERROR;  /* after the send happened, as the Python path raises */
     if (st == ST_PARKED)
         return op_parked(op, task, t, result);
     Py_CLEAR(op->item);  /* a send returns None; op->item is reused by a budget yield */
@@ -678,10 +688,15 @@ static PySendResult
 op_send_inner(OpObject *op, PyObject *value, PyObject **result)
 {
     switch (op->state) {
-    case OP_START:
-        if (op->rt == NULL)
+    case OP_START: {
+        /* The runtime of the thread driving the op now (not the one that created it). */
+        PyObject *rt = (PyObject *)PyThread_tss_get(&rt_key);
+        if (rt == NULL)
             return foreign_fast(op, result);
+        Py_INCREF(rt);
+        Py_XSETREF(op->rt, rt);
         return op->is_send ? send_fast(op, result) : recv_fast(op, result);
+    }
     case OP_PARKED: {
         PyObject *t = op->t;
         if (SLOT(t, t_state) == i_READY) {
@@ -728,13 +743,29 @@ op_send_inner(OpObject *op, PyObject *value, PyObject **result)
     }
 }
 
+static void
+anext_closed(OpObject *op)
+{
+    if (op->is_anext && PyErr_ExceptionMatches(ChannelClosedType)) {
+        PyErr_Clear();
+        PyErr_SetNone(PyExc_StopAsyncIteration);
+    }
+}
+
 static PySendResult
 op_send(OpObject *op, PyObject *value, PyObject **result)
 {
+    *result = NULL;
+    if (op->running) {
+        PyErr_SetString(PyExc_ValueError, "channel operation already executing");
+        return PYGEN_ERROR;
+    }
+    op->running = 1;
     PySendResult r = op_send_inner(op, value, result);
-    if (r == PYGEN_ERROR && op->is_anext && PyErr_ExceptionMatches(ChannelClosedType)) {
-        PyErr_Clear();
-        PyErr_SetNone(PyExc_StopAsyncIteration);
+    op->running = 0;
+    if (r == PYGEN_ERROR) {
+        *result = NULL;
+        anext_closed(op);
     }
     return r;
 }
@@ -782,6 +813,19 @@ static PyObject *s_abandon;
 static int
 op_abandon(OpObject *op)
 {
+    if (op->state == OP_YIELDED) {  /* a receive that completed, then yielded: report it */
+        op->state = OP_DONE;
+        if (op->is_send || op->item == NULL)
+            return 0;
+        PyObject *items = PyTuple_Pack(1, op->item);
+        Py_CLEAR(op->item);
+        PyObject *r = items ? PyObject_CallMethodOneArg(op->ch, s_report, items) : NULL;
+        Py_XDECREF(items);
+        if (r == NULL)
+            return -1;
+        Py_DECREF(r);
+        return 0;
+    }
     if (op->state != OP_PARKED)
         return 0;
     op->state = OP_DONE;
@@ -793,8 +837,25 @@ op_abandon(OpObject *op)
     return 0;
 }
 
+static PyObject *op_throw_inner(OpObject *op, PyObject *const *args, Py_ssize_t nargs);
+
 static PyObject *
 op_throw(OpObject *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (op->running) {
+        PyErr_SetString(PyExc_ValueError, "channel operation already executing");
+        return NULL;
+    }
+    op->running = 1;
+    PyObject *r = op_throw_inner(op, args, nargs);
+    op->running = 0;
+    if (r == NULL)
+        anext_closed(op);
+    return r;
+}
+
+static PyObject *
+op_throw_inner(OpObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
     if (op_abandon(op) < 0)
         return NULL;
@@ -821,6 +882,10 @@ op_throw(OpObject *op, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 op_close(OpObject *op, PyObject *Py_UNUSED(ignored))
 {
+    if (op->running) {
+        PyErr_SetString(PyExc_ValueError, "channel operation already executing");
+        return NULL;
+    }
     if (op_abandon(op) < 0)
         return NULL;
     if (op->state == OP_DELEGATE && op->sub != NULL)
@@ -856,7 +921,7 @@ static PyTypeObject OpType = {
 };
 
 static PyObject *
-new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send, int is_anext)
+new_op(PyObject *ch, PyObject *item, int is_send, int is_anext)
 {
     OpObject *op = PyObject_GC_New(OpObject, &OpType);
     if (op == NULL)
@@ -865,8 +930,8 @@ new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send, int is_anext)
     op->ch = ch;
     Py_XINCREF(item);
     op->item = item;
-    Py_XINCREF(rt);
-    op->rt = rt;  /* NULL: not a kcoro task (asyncio, or no loop at all) */
+    op->rt = NULL;  /* set when the op first runs, from the thread that drives it */
+    op->running = 0;
     op->task = NULL;
     op->t = NULL;
     op->sub = NULL;
@@ -878,29 +943,53 @@ new_op(PyObject *ch, PyObject *item, PyObject *rt, int is_send, int is_anext)
 }
 
 /* ---- ChanOps: the base class whose send/recv Channel inherits ---------------------------------- */
+/* Arguments of send(item, *, timeout=None, cancel=None) (npos 1: *item is set, also from an
+ * ``item=`` keyword) and recv(*, timeout=None, cancel=None) (npos 0). */
 static int
 parse_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t npos,
-         const char *fname, PyObject **timeout, PyObject **cancel)
+         const char *fname, PyObject **item, PyObject **timeout, PyObject **cancel)
 {
     *timeout = Py_None;
     *cancel = Py_None;
-    if (nargs != npos) {
+    if (item != NULL)
+        *item = nargs >= 1 ? args[0] : NULL;
+    if (nargs > npos) {
         PyErr_Format(PyExc_TypeError, "%s() takes %zd positional argument%s (%zd given)", fname,
                      npos, npos == 1 ? "" : "s", nargs);
         return -1;
     }
-    if (kwnames == NULL)
-        return 0;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0)
-            *timeout = args[nargs + i];
-        else if (PyUnicode_CompareWithASCIIString(k, "cancel") == 0)
-            *cancel = args[nargs + i];
-        else {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, k);
-            return -1;
+    if (kwnames != NULL) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kwnames); i++) {
+            PyObject *k = PyTuple_GET_ITEM(kwnames, i);
+            if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0)
+                *timeout = args[nargs + i];
+            else if (PyUnicode_CompareWithASCIIString(k, "cancel") == 0)
+                *cancel = args[nargs + i];
+            else if (item != NULL && nargs == 0 && PyUnicode_CompareWithASCIIString(k, "item") == 0)
+                *item = args[nargs + i];
+            else {
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             fname, k);
+                return -1;
+            }
         }
+    }
+    if (item != NULL && *item == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: 'item'",
+                     fname);
+        return -1;
+    }
+    return 0;
+}
+
+/* The methods read Channel slots by offset: refuse anything that is not a configured Channel. */
+static int
+check_channel(PyObject *self)
+{
+    if (!configured || !PyObject_TypeCheck(self, ChannelType)) {
+        PyErr_Format(PyExc_TypeError, "kcoro._speedups.ChanOps methods need a kcoro.Channel, "
+                     "not %.100s", Py_TYPE(self)->tp_name);
+        return -1;
     }
     return 0;
 }
@@ -908,31 +997,33 @@ parse_kw(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, Py_ssize_t 
 static PyObject *
 chanops_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *timeout, *cancel;
-    if (parse_kw(args, nargs, kwnames, 1, "send", &timeout, &cancel) < 0)
+    PyObject *item, *timeout, *cancel;
+    if (check_channel(self) < 0
+            || parse_kw(args, nargs, kwnames, 1, "send", &item, &timeout, &cancel) < 0)
         return NULL;
-    if (!configured || timeout != Py_None || cancel != Py_None)
-        return PyObject_CallMethodObjArgs(self, s_send_any, args[0], timeout, cancel, NULL);
-    return new_op(self, args[0], (PyObject *)PyThread_tss_get(&rt_key), 1, 0);
+    if (timeout != Py_None || cancel != Py_None)
+        return PyObject_CallMethodObjArgs(self, s_send_any, item, timeout, cancel, NULL);
+    return new_op(self, item, 1, 0);
 }
 
 static PyObject *
 chanops_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *timeout, *cancel;
-    if (parse_kw(args, nargs, kwnames, 0, "recv", &timeout, &cancel) < 0)
+    if (check_channel(self) < 0
+            || parse_kw(args, nargs, kwnames, 0, "recv", NULL, &timeout, &cancel) < 0)
         return NULL;
-    if (!configured || timeout != Py_None || cancel != Py_None)
+    if (timeout != Py_None || cancel != Py_None)
         return PyObject_CallMethodObjArgs(self, s_recv_any, timeout, cancel, NULL);
-    return new_op(self, NULL, (PyObject *)PyThread_tss_get(&rt_key), 0, 0);
+    return new_op(self, NULL, 0, 0);
 }
 
 static PyObject *
 chanops_anext(PyObject *self)
 {
-    if (!configured)
-        return PyObject_CallMethodNoArgs(self, s_anext_any);
-    return new_op(self, NULL, (PyObject *)PyThread_tss_get(&rt_key), 0, 1);
+    if (check_channel(self) < 0)
+        return NULL;
+    return new_op(self, NULL, 0, 1);
 }
 
 /* ---- blocking twins for OS threads ---------------------------------------------------------- */
@@ -973,10 +1064,10 @@ stamp_now(PyObject *ch)
 static PyObject *
 chanops_send_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *timeout, *cancel, *x;
-    if (parse_kw(args, nargs, kwnames, 1, "send_blocking", &timeout, &cancel) < 0)
+    PyObject *item, *timeout, *cancel, *x;
+    if (check_channel(self) < 0
+            || parse_kw(args, nargs, kwnames, 1, "send_blocking", &item, &timeout, &cancel) < 0)
         return NULL;
-    PyObject *item = args[0];
     if (timeout != Py_None || cancel != Py_None || !may_block()
             || PyDict_GET_SIZE(owner_dict) != 0)
         goto slow;
@@ -1012,7 +1103,8 @@ chanops_recv_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, P
 {
     PyObject *timeout, *cancel, *x;
     int st;
-    if (parse_kw(args, nargs, kwnames, 0, "recv_blocking", &timeout, &cancel) < 0)
+    if (check_channel(self) < 0
+            || parse_kw(args, nargs, kwnames, 0, "recv_blocking", NULL, &timeout, &cancel) < 0)
         return NULL;
     if (timeout != Py_None || cancel != Py_None || !may_block()
             || PyDict_GET_SIZE(owner_dict) != 0)
@@ -1091,6 +1183,10 @@ run_steps(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *rt = args[0];
+    if (!configured || !PyObject_TypeCheck(rt, RuntimeType)) {
+        PyErr_SetString(PyExc_TypeError, "run_steps() needs a kcoro Runtime");
+        return NULL;
+    }
     Py_ssize_t k = PyLong_AsSsize_t(args[1]);
     if (k < 0 && PyErr_Occurred())
         return NULL;
@@ -1099,7 +1195,10 @@ run_steps(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     int kind = 0;
     PyObject *task = NULL, *value = NULL;
     while (steps < k) {
-        if (PyObject_Size(ready) <= 0)
+        Py_ssize_t nready = PyObject_Size(ready);
+        if (nready < 0)
+            goto error;
+        if (nready == 0)
             break;
         task = deque_pop(ready);
         if (task == NULL)
@@ -1113,7 +1212,9 @@ run_steps(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
             continue;
         }
         PyObject *y = NULL;
+        Py_INCREF(coro);
         PySendResult r = PyIter_Send(coro, Py_None, &y);
+        Py_DECREF(coro);
         if (r == PYGEN_NEXT) {
             if (y == Py_None) {
                 Py_DECREF(y);
@@ -1177,6 +1278,10 @@ set_runtime(PyObject *mod, PyObject *rt)
     PyObject *old = (PyObject *)PyThread_tss_get(&rt_key);
     if (rt == Py_None)
         rt = NULL;
+    else if (!configured || !PyObject_TypeCheck(rt, RuntimeType)) {
+        PyErr_SetString(PyExc_TypeError, "set_runtime() needs a kcoro Runtime or None");
+        return NULL;
+    }
     Py_XINCREF(rt);
     if (PyThread_tss_set(&rt_key, rt) != 0) {
         Py_XDECREF(rt);
@@ -1225,6 +1330,14 @@ configure(PyObject *mod, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "configure: Ticket and Task must be classes");
         return NULL;
     }
+    if (!PyType_Check(chan_cls) || !PyType_Check(rt_cls)) {
+        PyErr_SetString(PyExc_TypeError, "configure: Channel and Runtime must be classes");
+        return NULL;
+    }
+    Py_INCREF(chan_cls);
+    Py_XSETREF(ChannelType, (PyTypeObject *)chan_cls);
+    Py_INCREF(rt_cls);
+    Py_XSETREF(RuntimeType, (PyTypeObject *)rt_cls);
     Py_INCREF(ticket_cls);
     Py_XSETREF(TicketType, (PyTypeObject *)ticket_cls);
     Py_INCREF(task_cls);
