@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing as mp
 import os
 import signal
@@ -261,3 +262,40 @@ def test_payloads_between_c_and_pure_processes() -> None:
     for ch in (ping, pong):
         ch.check_invariants()
         assert ch.arena.stats().in_use == 0
+
+
+def test_async_forms_take_the_c_path_and_keep_cancelled_scope_semantics() -> None:
+    """kcoro tasks and asyncio complete at once through the C helper when they can; a kcoro
+    task in a cancelled scope still gets Cancelled and consumes / delivers nothing."""
+    ch: ipc.Channel[Any] = ipc.Channel(4)
+
+    async def kmain() -> None:
+        await ch.send(1)
+        p = ch.arena.alloc(100)
+        p.view[:3] = b"abc"
+        await ch.send(p)
+        assert await ch.recv() == 1
+        with await ch.recv() as q:
+            assert bytes(q.view[:3]) == b"abc"
+        await ch.send("kept")
+        with kcoro.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(kcoro.Cancelled):
+                await ch.recv()
+            with pytest.raises(kcoro.Cancelled):
+                await ch.send("never")
+        assert await ch.recv() == "kept"
+
+    kcoro.run(kmain)
+
+    async def amain() -> None:
+        await ch.send(("t", 2))
+        assert await ch.recv() == ("t", 2)
+        await ch.send_zref(ch.arena.alloc(10))
+        with await ch.recv_zref() as q:
+            assert q.nbytes == 10
+
+    asyncio.run(amain())
+    s = ch.stats()
+    assert s.sends == s.recvs == 5
+    assert ch.zstats()["zref_sent"] == 2

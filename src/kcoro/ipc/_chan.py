@@ -35,7 +35,7 @@ import pickle
 import select
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from multiprocessing import reduction, util
 from typing import Any, Generic, TypeVar
 
@@ -241,12 +241,14 @@ class Channel(RingOps, Waiting, Generic[T]):
         timeout = check_timeout(timeout)
         self._ensure()
         m = self._encode(item, zref)
+        fast = self._fast_send(m)
         try:
             if timeout == 0:
-                st, _ = self._send_attempt(m, True)(_Op(), False)
+                res = fast() if fast is not None else None
+                st = res[0] if res is not None else self._send_attempt(m, True)(_Op(), False)[0]
             else:
                 st, _ = await self._run(self._send_attempt(m, False), timeout, cancel,
-                                        f"send on IPC channel {self.name!r}")
+                                        f"send on IPC channel {self.name!r}", fast)
         except BaseException as exc:
             if not isinstance(exc, WouldBlock):
                 self._count("send_timeout" if isinstance(exc, TimeoutError) else
@@ -258,6 +260,18 @@ class Channel(RingOps, Waiting, Generic[T]):
         if st == _REFUSED and m.kind == E_PAYLOAD:
             self._count("zref_aborted_close")
         self._send_done(st, m)
+
+    def _fast_send(self, m: Any) -> Callable[[], tuple[int, Any] | None] | None:
+        """The C helper's attempt for an encoded message (inline, or a moved payload), if any."""
+        fr = self._fr
+        if fr is None:
+            return None
+        if m.kind == E_INLINE:
+            return lambda: (_OK, None) if fr.send_pickle(m.data) is None else None
+        if m.moved:
+            return lambda: (_OK, None) if fr.send_payload(m.idx, m.gen, m.nbytes) is None \
+                else None
+        return None
 
     def send_blocking(self, item: T, *, timeout: float | None = None, cancel: Any = None) -> None:
         fr = self._fr
@@ -323,12 +337,16 @@ class Channel(RingOps, Waiting, Generic[T]):
             return item  # type: ignore[no-any-return]
         if timeout == 0:
             return self.try_recv()
+        fr = self._frr
         try:
             st, val = await self._run(self._recv_attempt(False), timeout, cancel,
-                                      f"receive from IPC channel {self.name!r}")
+                                      f"receive from IPC channel {self.name!r}",
+                                      None if fr is None else functools.partial(_fast_recv, fr))
         except BaseException as exc:
             self._count("recv_timeout" if isinstance(exc, TimeoutError) else "recv_cancelled")
             raise
+        if st == _FAST:
+            return self._fast_value(fr, val)  # type: ignore[no-any-return]
         return self._recv_done(st, val)  # type: ignore[no-any-return]
 
     async def recv_zref(self, *, timeout: float | None = None, cancel: Any = None) -> Payload:
@@ -348,14 +366,10 @@ class Channel(RingOps, Waiting, Generic[T]):
                     self._count("recv_cancelled")
                     raise
                 if v is not _SLOW:
-                    if type(v) is _HELD:  # a block / payload descriptor, now held by us
-                        return self._held_entry(v)  # type: ignore[no-any-return]
                     if v is _TIMEOUT:
                         self._count("recv_timeout")
                         raise make_timeout(f"receive from IPC channel {self.name!r}")
-                    if v is _BAD:
-                        raise self._bad_inline(fr)
-                    return v  # type: ignore[no-any-return]
+                    return self._fast_value(fr, v)  # type: ignore[no-any-return]
         check_blocking_allowed("ipc.Channel.recv_blocking()")
         timeout = check_timeout(timeout)
         self._ensure()
@@ -381,19 +395,19 @@ class Channel(RingOps, Waiting, Generic[T]):
         if fr is not None:
             v = fr.recv(0)
             if v is not _SLOW:
-                if type(v) is _HELD:
-                    return self._held_entry(v)  # type: ignore[no-any-return]
-                if v is _BAD:
-                    raise self._bad_inline(fr)
-                return v  # type: ignore[no-any-return]
+                return self._fast_value(fr, v)  # type: ignore[no-any-return]
         st, val = self._recv_attempt(True)(_Op(), False)
         return self._recv_done(st, val)  # type: ignore[no-any-return]
 
-    def _held_entry(self, h: Any) -> Any:
-        """The C path took a block / payload entry (a ``_fastring.Held``): rebuild the message
-        over its block, as the Python path does."""
-        return self._decode(Entry(h.kind, h.slot, NOCELL, h.length, h.idx, h.gen, h.nbytes,
-                                  b""), False)
+    def _fast_value(self, fr: Any, v: Any) -> Any:
+        """What the C helper's receive returned: an item, a ``Held`` block / payload entry
+        (rebuild the message over its block, as the Python path does), or BAD."""
+        if type(v) is _HELD:
+            return self._decode(Entry(v.kind, v.slot, NOCELL, v.length, v.idx, v.gen, v.nbytes,
+                                      b""), False)
+        if v is _BAD:
+            raise self._bad_inline(fr)
+        return v
 
     def _bad_inline(self, fr: Any) -> ProtocolError:
         """The C path took an inline entry whose pickle does not load: the error to raise."""
@@ -580,6 +594,14 @@ class Channel(RingOps, Waiting, Generic[T]):
 
 
 _CI = set(__import__("kcoro.ipc._region", fromlist=["CI"]).CI)
+
+
+_FAST = -1  # a status beside _ring's: the C helper's receive did it (value: what it returned)
+
+
+def _fast_recv(fr: Any) -> tuple[int, Any] | None:
+    v = fr.recv(0)
+    return None if v is _SLOW else (_FAST, v)
 
 
 def _rebuild(fd: Any) -> Channel[Any]:

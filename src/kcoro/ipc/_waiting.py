@@ -150,14 +150,20 @@ class Waiting:
         return True
 
     async def _run(self, attempt: Callable[[_Op, bool], tuple[int, Any]], timeout: float | None,
-                   cancel: Any, what: str) -> tuple[int, Any]:
-        """Drive ``attempt`` until it does not ask to wait, parking between tries."""
+                   cancel: Any, what: str,
+                   fast: Callable[[], tuple[int, Any] | None] | None = None) -> tuple[int, Any]:
+        """Drive ``attempt`` until it does not ask to wait, parking between tries.  ``fast``
+        (the C helper's attempt, which never waits) goes first; None from it: not done."""
         ctx: Any = context()
         if type(ctx) is Task and ctx._scope._eff:
             from .._errors import Cancelled
 
             raise Cancelled()
         self._ensure()
+        if fast is not None:
+            res = fast()
+            if res is not None:
+                return res
         deadline = None if timeout is None else time.monotonic() + timeout
         op = _Op()
         spin = type(ctx) is Task and SPIN_NS > 0
