@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kcoro import _tokens
+import kcoro.testing
 
 # Stress tests scale with KCORO_STRESS (1 in CI; e.g. 20 for a long soak).
 STRESS = float(os.environ.get("KCORO_STRESS", "1"))
@@ -20,4 +20,6 @@ def scaled(n: int) -> int:
 @pytest.fixture(autouse=True)
 def _kernel_invariants() -> Iterator[None]:
     yield
-    _tokens.check_invariants()
+    # the kernel lock and token kernel, every live channel, runtime (tasks, scopes, groups,
+    # timers) and private arena (IPC tests check their shared arenas themselves)
+    kcoro.testing.check_invariants(shared_arenas=False)

@@ -392,6 +392,8 @@ class Arena:
                           spills=c[C_SPILLS], fallbacks=c[C_FALLBACKS], stale=c[C_STALE])
 
     def check_invariants(self) -> None:
+        if getattr(self, "closed", False):
+            return  # unmapped: nothing left to check
         with self.lock:
             m, nblk = self._m, self._nblk
             listed: dict[int, int] = {}
@@ -429,6 +431,7 @@ class Arena:
         """Unmap (refused with BufferError while views are exported).  Optional: the mapping
         goes away with the arena object."""
         self._m.release()
+        self.closed = True
         if isinstance(self._map, mmap.mmap):
             self._map.close()
         if self._fd >= 0:

@@ -572,8 +572,11 @@ class Runtime:
 
     def check_invariants(self) -> None:
         assert self.current is None or self.current._state != FINISHED
-        for task in self._tasks:
+        for task in list(self._tasks):
             assert task._state != FINISHED, f"finished {task!r} still registered"
+            task._root.check_invariants()
+            if task._tg is not None:
+                task._tg.check_invariants()
         for task in self._ready:
             assert task._state in (READY, FINISHED, PARKED, RUNNING), task
         self.timers.check_invariants()

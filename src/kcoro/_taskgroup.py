@@ -120,5 +120,13 @@ class TaskGroup:
             raise ev
         return scope.__exit__(et, ev, tb)
 
+    def check_invariants(self) -> None:
+        for child in self._children:
+            assert child._tg is self and child._state != "FINISHED", f"stale child {child!r}"
+        if self._closed:
+            assert not self._children and self._waiter is None, "closed group still waiting"
+        if self._scope is not None:
+            self._scope.check_invariants()
+
     def __repr__(self) -> str:
         return f"<TaskGroup children={len(self._children)} errors={len(self._errors)}>"

@@ -24,7 +24,7 @@ from ._tokens import CANCELLED, internal_ticket
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
-__all__ = ["MockClock", "wait_all_tasks_blocked", "wait_until"]
+__all__ = ["MockClock", "check_invariants", "wait_all_tasks_blocked", "wait_until"]
 
 
 class MockClock:
@@ -85,6 +85,24 @@ async def wait_all_tasks_blocked() -> None:
     await trap(t)
     if t._state == CANCELLED:
         raise Cancelled()
+
+
+def check_invariants(shared_arenas: bool = True) -> None:
+    """Check every invariant kcoro can check from outside: the kernel lock and token kernel,
+    every live channel, every live runtime (its tasks, scopes, task groups and timers) and every
+    arena (``shared_arenas=False`` skips the shared-memory ones, which IPC endpoints check
+    themselves and fault tests break on purpose).  Call it between operations (the test suite
+    calls it after every test)."""
+    from . import _registry, _tokens
+
+    _tokens.check_invariants()
+    for ch in _registry.channels.items():
+        ch.check_invariants()
+    for rt in _registry.runtimes.items():
+        rt.check_invariants()
+    for arena in _registry.arenas.items():
+        if shared_arenas or not getattr(arena, "shared", False):
+            arena.check_invariants()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0,
