@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -219,6 +220,31 @@ sys.stdin.read()
     # the abstract rendezvous vanishes with its process (the kernel may release the files of
     # a killed process a tick after it became a zombie: delayed fput)
     wait_until(refused, timeout=10)
+
+
+def test_waker_killed_between_claiming_and_ringing_a_bell() -> None:
+    """The dead process set our bell's pending flag and never rang: the reaper must ring us
+    anyway (it forgets every pending flag), or a parked receiver would sleep forever."""
+    ch: ipc.Channel[Any] = ipc.Channel(4)
+    out: list[Any] = []
+
+    def park() -> None:
+        try:
+            ch.recv_blocking(timeout=20)
+        except BaseException as exc:  # ChannelClosed, or TimeoutError if the bell was lost
+            out.append(exc)
+
+    t = threading.Thread(target=park)
+    t.start()
+    wait_until(lambda: ch._r.armed_recv_total() == 1, timeout=10)
+    t0 = time.monotonic()
+    p = start(workers.claim_a_bell_and_die, ch, ch._r.slot)
+    p.join(20)
+    t.join(20)
+    assert p.exitcode == -signal.SIGKILL
+    assert out and isinstance(out[0], kcoro.ChannelClosed), out
+    assert time.monotonic() - t0 < DEADLINE
+    assert ch._r.armed_recv_total() == 0
 
 
 @pytest.fixture(params=["mutex", "flock"])

@@ -92,9 +92,8 @@ def test_c_and_pure_processes_share_a_channel() -> None:
     """One process with the C fast path, one without (KCORO_PURE=1): same lock, same bells."""
     ping: ipc.Channel[Any] = ipc.Channel(1)
     pong: ipc.Channel[Any] = ipc.Channel(1)
-    d = ipc.default_dir()
-    p1 = ping.listen(os.path.join(d, f"ping-{os.getpid()}.sock"))
-    p2 = pong.listen(os.path.join(d, f"pong-{os.getpid()}.sock"))
+    p1 = ping.listen(f"@kcoro-test-ping-{os.getpid()}")  # abstract: no file
+    p2 = pong.listen(f"@kcoro-test-pong-{os.getpid()}")
     code = ("import kcoro.ipc as ipc, sys\n"
             "a, b = ipc.connect(sys.argv[1]), ipc.connect(sys.argv[2])\n"
             "for x in a.iter_blocking(timeout=30):\n"
@@ -220,9 +219,8 @@ def test_payloads_between_c_and_pure_processes() -> None:
     out-of-band buffers go back and forth, blocks come back, invariants hold."""
     ping: ipc.Channel[Any] = ipc.Channel(4, arena_bytes=4 << 20)
     pong: ipc.Channel[Any] = ipc.Channel(4, arena_bytes=4 << 20)
-    d = ipc.default_dir()
-    p1 = ping.listen(os.path.join(d, f"pping-{os.getpid()}.sock"))
-    p2 = pong.listen(os.path.join(d, f"ppong-{os.getpid()}.sock"))
+    p1 = ping.listen(f"@kcoro-test-pping-{os.getpid()}")
+    p2 = pong.listen(f"@kcoro-test-ppong-{os.getpid()}")
     code = ("import kcoro.ipc as ipc, sys\n"
             "a, b = ipc.connect(sys.argv[1]), ipc.connect(sys.argv[2])\n"
             "for x in a.iter_blocking(timeout=30):\n"

@@ -129,3 +129,15 @@ def die_mid_allocator_update(ch: ipc.Channel[Any]) -> None:
     head = a._m.heads[a._maxorder] - 1
     a._unlink(head, a._maxorder)  # removed from its free list, not yet marked allocated
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def claim_a_bell_and_die(ch: ipc.Channel[Any], slot: int) -> None:
+    """Claim the doorbell of ``slot``'s direct waiter (its pending flag, under the lock) and
+    get SIGKILLed before ringing it -- a sender killed between its section and its ring."""
+    import signal
+
+    ch.check_invariants()  # attach (our own slot, watched by the parent)
+    r = ch._r
+    with r.lock:
+        r.p32[slot * 256 + 10] = 1  # P_BELLD
+    os.kill(os.getpid(), signal.SIGKILL)

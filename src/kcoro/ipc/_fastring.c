@@ -1157,10 +1157,8 @@ FastRing_ack(FastRing *f, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 FastRing_xlock(FastRing *f, PyObject *Py_UNUSED(ignored))
 {
-    if (f->gen != fork_gen) {
-        PyErr_SetString(PyExc_RuntimeError, "FastRing used in a forked child");
-        return NULL;
-    }
+    if (f->gen != fork_gen)
+        Py_RETURN_NONE; /* a forked child's copy: the Python code locks */
     int rc, err;
     if (f->mx != NULL) {
         rc = pthread_mutex_trylock(f->mx);
@@ -1197,10 +1195,12 @@ FastRing_xlock(FastRing *f, PyObject *Py_UNUSED(ignored))
 static PyObject *
 FastRing_xunlock(FastRing *f, PyObject *Py_UNUSED(ignored))
 {
+    if (f->gen != fork_gen)
+        Py_RETURN_NONE; /* (as xlock) */
     __atomic_store_n((uint64_t *)&H64(f)[H64_SEQ], H64(f)[H64_SEQ] + 1, __ATOMIC_RELEASE);
     H32(f)[H32_DIRTY] = 0;
     xunlock(f);
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;
 }
 
 /* ---- the leader role, for the Python path -------------------------------------------------- */
@@ -1419,8 +1419,10 @@ static PyMethodDef FastRing_methods[] = {
     {"ack", (PyCFunction)(void (*)(void))FastRing_ack, METH_FASTCALL,
      "ack(idx, gen) -> None | SLOW: Region.ack."},
     {"xlock", (PyCFunction)FastRing_xlock, METH_NOARGS,
-     "The channel lock for a Python section (its RLock held): returns the dirty marker found."},
-    {"xunlock", (PyCFunction)FastRing_xunlock, METH_NOARGS, "End a Python section."},
+     "The channel lock for a Python section (its RLock held): the dirty marker found, or None "
+     "(a forked child's copy: lock in Python)."},
+    {"xunlock", (PyCFunction)FastRing_xunlock, METH_NOARGS,
+     "End a Python section: True, or None (as xlock)."},
     {"acquire", (PyCFunction)(void (*)(void))FastRing_acquire, METH_FASTCALL,
      "acquire(False) -> bool: take the leader role (the direct bell) if nobody has it."},
     {"release", (PyCFunction)FastRing_release, METH_NOARGS, "Give the leader role back."},

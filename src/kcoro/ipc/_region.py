@@ -398,9 +398,8 @@ class Region:
     # -- the channel lock ----------------------------------------------------------------------
     def _xlock(self) -> None:
         fast = self.fast
-        if fast is not None:  # the same steps in one C call
-            d = fast.xlock()
-        else:
+        d = fast.xlock() if fast is not None else None  # the same steps in one C call
+        if d is None:
             mx = self._mx
             if mx is not None:
                 rc = _mutex_lock(mx)
@@ -416,9 +415,7 @@ class Region:
 
     def _xunlock(self) -> None:
         fast = self.fast
-        if fast is not None:
-            fast.xunlock()
-        else:
+        if fast is None or fast.xunlock() is None:
             self.h64[17] += 1  # H_SEQ: every section is a change spinners can see
             self.h32[18] = 0
             mx = self._mx
@@ -876,6 +873,13 @@ class Region:
             self._disarm_slot(s)
             self._set32(b + P_STATE, S_FREE)
             self._set64(H_EPOCH, self._get64(H_EPOCH) + 1)
+            # The dead process may have claimed bells (set a slot's pending flag under the
+            # lock) and died before ringing them (after the unlock): such a flag would stay
+            # set and nobody would ring that waiter again.  Forget every pending flag, so that
+            # everyone armed is rung now; a spare datagram only causes a spurious wake-up.
+            p32 = self.p32
+            for k in range(MAXPROC):
+                p32[k * 256 + 6] = p32[k * 256 + 10] = 0  # P_BELL, P_BELLD
             wake: list[int] = []
             if self._get32(H_POLICY) == POLICY_CLOSE and not self.flags & F_CLOSED:
                 wake = self._close_locked(pid)  # it already claimed some bells: keep them
