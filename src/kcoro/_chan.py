@@ -566,7 +566,7 @@ class Channel(_ChanOps[T], Generic[T]):
     __slots__ = (  # noqa: RUF023 - state, then counters
         "__weakref__", "_buf", "_cancelled", "_cap", "_cause", "_closed", "_drop", "_kind",
         "_name", "_nrecv", "_nsend", "_on_undelivered", "_origin", "_peak", "_recvq", "_sendq",
-        "_x", "_xd",
+        "_rclause", "_x", "_xd",
         # counters (sends and bytes_sent are derived: see stats())
         "_buf_bytes", "_lost_bytes", "bytes_recv", "first_op_ns", "last_op_ns",
         "recv_cancelled", "recv_closed", "recv_timeout", "recv_would_block", "recvs",
@@ -616,6 +616,7 @@ class Channel(_ChanOps[T], Generic[T]):
         self._closed = False
         self._cancelled = False
         self._cause: Any = None
+        self._rclause: RecvClause | None = None
         self._x: Any = None  # scratch: a ticket to wake, read before unlock
         self._xd: Any = None  # scratch: an item evicted by DROP_OLDEST, read before unlock
         self._peak = 0
@@ -1237,8 +1238,11 @@ class Channel(_ChanOps[T], Generic[T]):
 
     # -- select clauses ----------------------------------------------------------------------
     def on_recv(self) -> RecvClause:
-        """A select clause receiving from this channel."""
-        return RecvClause(self)
+        """A select clause receiving from this channel (one cached object: it has no state)."""
+        c = self._rclause
+        if c is None:
+            c = self._rclause = RecvClause(self)
+        return c
 
     def on_send(self, item: T) -> SendClause:
         """A select clause sending ``item`` on this channel."""

@@ -39,8 +39,10 @@ from ._chan import (
     _EMPTY,
     _FULL,
     _OK,
+    _SIZED_TYPES,
     RecvClause,
     SendClause,
+    _nbytes,
 )
 from ._context import tls
 from ._errors import Cancelled, ChannelClosed, OperationCancelled, WouldBlock
@@ -141,6 +143,18 @@ def _attempt(clauses: tuple[Any, ...], order: Sequence[int], sel: Ticket | None,
             j += 1
             c = clauses[i]
             ch = c.ch
+            if type(c) is RecvClause and ch._buf and not ch._nsend:
+                # The common case, inlined: take the head of a buffer with no parked sender.
+                value = ch._buf.popleft()
+                ch.recvs += 1
+                if type(value) in _SIZED_TYPES:
+                    n_ = _nbytes(value)
+                    ch.bytes_recv += n_
+                    ch._buf_bytes -= n_
+                ch._stamp()
+                index = i
+                status = _WON
+                break
             if c.is_send:
                 st = ch._put(c.item)
                 if st == _FULL:
