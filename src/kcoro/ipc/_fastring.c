@@ -1,4 +1,4 @@
-/* kcoro.ipc._fastring: the small-message fast path of cross-process channels, in C.
+/* kcoro.ipc._fastring: the fast paths of cross-process channels (kcoro.ipc), in C.
  *
  * Optional (built by setup.py like kcoro._speedups; not used when it is missing or KCORO_PURE
  * is set).  It mirrors, branch for branch, the Python reference in _ring.py / _waiting.py for
@@ -10,16 +10,24 @@
  *                  buffered SUSPEND channel with room; ring the armed receivers.  SLOW
  *                  otherwise (full / rendezvous: an offer is needed; closed; drop policies; an
  *                  item that is not plain or whose pickle is larger than INLINE_MAX).
- *   recv(timeout)  take the inline entry at the head (settling the offer window, ringing armed
- *                  senders) and unpickle it, or wait for one as the endpoint's *leader* thread:
+ *   send_payload   move a Payload of the channel's arena (WRITING or held by us) into a buffer
+ *                  with room as a descriptor entry, pinned by us until our views are gone.
+ *   recv(timeout)  take the entry at the head (settling the offer window, ringing armed
+ *                  senders): an inline one is unpickled; a block / payload one is validated and
+ *                  held (holder, ledger, counters) and returned as a Held descriptor for the
+ *                  Python code to rebuild the message over; or wait as the endpoint's *leader*:
  *                  spin on the change counter (scored: see below), then arm the slot's direct
  *                  doorbell in the same locked section that found the ring empty, sleep in one
  *                  blocking recv() on the bell without the GIL (poll() first with a timeout),
- *                  then clear the bell's pending flag and retry.  SLOW when the head is not inline
- *                  (blocks, payloads, malformed), when the channel is closed and empty, or when
- *                  another thread is the leader; TIMEOUT on timeout; BAD when the inline pickle
+ *                  then clear the bell's pending flag and retry.  SLOW when the head entry is
+ *                  malformed, when the channel is closed and empty, or when another thread is
+ *                  the leader; TIMEOUT on timeout; BAD when the inline pickle
  *                  does not load (``bad_data`` / ``last_slot`` tell the Python code what to
  *                  report).  Nothing is left armed when it returns.
+ *   ack / unpin / alloc, take / give, xlock / xunlock
+ *                  Region.ack / unpin, SharedArena.alloc, the arena's buddy allocator (the same
+ *                  algorithm on the same metadata as kcoro._payload.Arena: processes with and
+ *                  without this module share one arena), and the lock of Python sections.
  *
  * The lock is the channel lock of the Python code (see _region.py):
  *   - robust mutex regions: pthread_mutex_trylock (no syscall), else pthread_mutex_lock without
@@ -1459,12 +1467,10 @@ static struct PyModuleDef module = {
 };
 
 static PyObject *
-sentinel(const char *name)
+sentinel(void)
 {
-    /* a unique object (an unpickled item can never be it) with a readable repr */
-    PyObject *o = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
-    (void)name;
-    return o;
+    /* a unique object: an unpickled item can never be it */
+    return PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
 }
 
 PyMODINIT_FUNC
@@ -1483,9 +1489,9 @@ PyInit__fastring(void)
     Py_DECREF(pickle);
     s_depth = PyUnicode_InternFromString("_depth");
     i_five = PyLong_FromLong(5);
-    SLOW = sentinel("SLOW");
-    TIMEOUT = sentinel("TIMEOUT");
-    BAD = sentinel("BAD");
+    SLOW = sentinel();
+    TIMEOUT = sentinel();
+    BAD = sentinel();
     if (!py_dumps || !py_loads || !s_depth || !i_five || !SLOW || !TIMEOUT || !BAD)
         goto fail;
     if (PyModule_AddObjectRef(m, "FastRing", (PyObject *)&FastRingType) < 0
