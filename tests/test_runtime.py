@@ -790,3 +790,45 @@ def test_errors_carry_errno() -> None:
     assert kcoro.OperationCancelled().errno == errno.ECANCELED
     assert issubclass(kcoro.Cancelled, BaseException)
     assert not issubclass(kcoro.Cancelled, Exception)
+
+
+@pytest.mark.parametrize("watch_fd", [False, True], ids=["bell", "selector"])
+def test_thread_wakes_a_sleeping_runtime_in_either_sleep_mode(watch_fd: bool) -> None:
+    # With no fd to watch the idle loop blocks on its bell (a lock); with one it blocks in the
+    # selector.  A completion from another thread must wake it either way, every time.
+    a, b = socket.socketpair()
+    try:
+        async def main() -> tuple[list[int], int]:
+            ch: kcoro.Channel[int] = kcoro.Channel(0)
+            got: list[int] = []
+            rt = kcoro.current_task()._rt  # type: ignore[attr-defined]
+
+            async def fd_waiter() -> None:
+                await kcoro.wait_readable(a)
+
+            w = kcoro.spawn(fd_waiter) if watch_fd else None
+
+            def sender() -> None:
+                for i in range(50):
+                    # the runtime is (or is about to be) asleep: every send must wake it
+                    ch.send_blocking(i)
+                ch.close()
+
+            polls0 = rt.polls
+            th = threading.Thread(target=sender)
+            th.start()
+            async for x in ch:
+                got.append(x)
+            th.join(10)
+            if w is not None:
+                assert w.state == "PARKED"  # still watching its fd
+                b.send(b"x")
+                await w
+            return got, rt.polls - polls0
+
+        got, polls = kcoro.run(main)
+        assert got == list(range(50))
+        assert polls > 0  # it did sleep (not spin) while waiting for the thread
+    finally:
+        a.close()
+        b.close()

@@ -52,6 +52,7 @@ import math
 import os
 import sys
 import time
+from asyncio import CancelledError as _CancelledError
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, fields
@@ -69,8 +70,11 @@ from ._errors import (
 )
 from ._runtime import Task, trap
 from ._tokens import (
+    C_FOREIGN_LIVE,
+    C_FOREIGN_PARKS,
     CANCELLED,
     COMPLETED,
+    COUNTS,
     PARKED,
     READY,
     WHY_CLOSED,
@@ -86,11 +90,12 @@ from ._wait import (
     check_token,
     context,
     error_for,
+    foreign_cancelled,
     park,
     park_blocking,
     waker_for,
 )
-from ._wakers import thread_waker
+from ._wakers import AioWaker, thread_waker
 
 __all__ = [
     "CONFLATED",
@@ -856,12 +861,13 @@ class Channel(_ChanOps[T], Generic[T]):
 
     # -- one locked attempt, shared by every form except the inlined fast paths ---------------
     def _send_attempt(self, item: Any, t: Ticket | None, cancel: Any,
-                      mode: int) -> tuple[int, Any, Any]:
+                      mode: int, foreign: bool = False) -> tuple[int, Any, Any]:
         """Offer ``item``; if it must wait and ``t`` is given, register ``t`` (``_PARKED``).
 
         ``mode``: 0 a waiting send, 1 a send with timeout=0, 2 ``try_send``.  Counts the failure
         it reports (would-block for 1 and 2, closed, token; a DROP_LATEST drop is undelivered
-        for 0 and 1, and ``send_dropped`` for ``try_send``, which returns False instead)."""
+        for 0 and 1, and ``send_dropped`` for ``try_send``, which returns False instead).
+        ``foreign``: an asyncio park, counted here (``park_foreign``)."""
         _acquire()
         try:
             st = self._put(item)
@@ -873,6 +879,9 @@ class Channel(_ChanOps[T], Generic[T]):
                         self._register(t, True)
                         if cancel is not None:
                             cancel._tickets.add(t)
+                        if foreign:
+                            COUNTS[C_FOREIGN_PARKS] += 1
+                            COUNTS[C_FOREIGN_LIVE] += 1
                         st = _PARKED
                     else:
                         self.send_cancelled += 1
@@ -890,7 +899,8 @@ class Channel(_ChanOps[T], Generic[T]):
             _release()
         return st, x, d
 
-    def _recv_attempt(self, t: Ticket | None, cancel: Any, try_only: bool) -> tuple[Any, Any]:
+    def _recv_attempt(self, t: Ticket | None, cancel: Any, try_only: bool,
+                      foreign: bool = False) -> tuple[Any, Any]:
         """Take an item; if there is none and ``t`` is given, register ``t`` (``_PARKED``)."""
         _acquire()
         try:
@@ -903,6 +913,9 @@ class Channel(_ChanOps[T], Generic[T]):
                         self._register(t, False)
                         if cancel is not None:
                             cancel._tickets.add(t)
+                        if foreign:
+                            COUNTS[C_FOREIGN_PARKS] += 1
+                            COUNTS[C_FOREIGN_LIVE] += 1
                         item = _PARKED_ITEM
                     else:
                         self.recv_cancelled += 1
@@ -964,11 +977,13 @@ class Channel(_ChanOps[T], Generic[T]):
                                      reason=cancel._reason)
         return timeout
 
-    def _finish_wait(self, t: Ticket, sender: bool, cancel: Any) -> Any:
+    def _finish_wait(self, t: Ticket, sender: bool, cancel: Any, foreign: bool = False) -> Any:
         """After a park: settle the outcome under the lock; return the received item (or
         raise).  Clears the ticket's item/payload so a cached ticket keeps nothing alive."""
         _acquire()
         try:
+            if foreign:
+                COUNTS[C_FOREIGN_LIVE] -= 1
             if cancel is not None:
                 cancel._tickets.discard(t)
             st = t._state
@@ -1003,7 +1018,8 @@ class Channel(_ChanOps[T], Generic[T]):
         rt = tls.rt
         return await self._recv_slow(timeout, cancel, rt.current if rt is not None else None)
 
-    def _abandon(self, t: Ticket, sender: bool, cancel: Any = None) -> None:
+    def _abandon(self, t: Ticket, sender: bool, cancel: Any = None,
+                 foreign: bool = False) -> None:
         """A parked wait whose coroutine is being closed (or thrown into): withdraw it so no
         partner hands it anything; if a completion already won, a received item can no longer
         be returned — report it as undelivered (a sent one was delivered)."""
@@ -1012,7 +1028,7 @@ class Channel(_ChanOps[T], Generic[T]):
             lost = t._fail(WHY_TASK) is None  # no wake: nobody waits for it any more
         finally:
             _release()
-        item = self._finish_wait(t, sender, cancel)
+        item = self._finish_wait(t, sender, cancel, foreign)
         if lost and not sender and t._state == COMPLETED:
             self._report((item,))
 
@@ -1029,6 +1045,9 @@ class Channel(_ChanOps[T], Generic[T]):
             task = ctx
             if task._scope._eff:
                 raise Cancelled()
+        elif timeout is None and cancel is None:
+            await self._send_foreign(item, ctx)
+            return
         if timeout is not None or cancel is not None:
             timeout = self._precheck(timeout, cancel, True)
         st, x, d = self._send_attempt(item, None, None, 1 if timeout == 0 else 0)
@@ -1057,6 +1076,46 @@ class Channel(_ChanOps[T], Generic[T]):
                 task._budget = b
             else:
                 await trap(None)
+
+    async def _send_foreign(self, item: T, loop: Any) -> None:
+        """An asyncio task's send with no timeout or token: one section tries and, if it must
+        wait, registers a ticket made beforehand (the C twin of ``send`` tried already); the park
+        is counted in those sections (the ``_tokens.C_FOREIGN_*`` counters)."""
+        t = Ticket(AioWaker(loop))
+        t.item = item
+        st, x, d = self._send_attempt(item, t, None, 0, True)
+        if st == _PARKED:
+            try:
+                await t._waker.fut  # type: ignore[union-attr]
+            except _CancelledError as exc:
+                foreign_cancelled(t, exc)
+            except BaseException:
+                self._abandon(t, True, None, True)
+                raise
+            self._finish_wait(t, True, None, True)
+            if t._state == CANCELLED:
+                raise self._wait_error(t, loop, True)
+            return
+        t.item = None
+        self._sent(st, x, d, item, None)
+
+    async def _recv_foreign(self, loop: Any) -> T:
+        """The receiving twin of :meth:`_send_foreign`."""
+        t = Ticket(AioWaker(loop))
+        item, x = self._recv_attempt(t, None, False, True)
+        if item is _PARKED_ITEM:
+            try:
+                await t._waker.fut  # type: ignore[union-attr]
+            except _CancelledError as exc:
+                foreign_cancelled(t, exc)
+            except BaseException:
+                self._abandon(t, False, None, True)
+                raise
+            item = self._finish_wait(t, False, None, True)
+            if t._state == CANCELLED:
+                raise self._wait_error(t, loop, False)
+            return item  # type: ignore[no-any-return]
+        return self._received(item, x, None)  # type: ignore[no-any-return]
 
     def try_send(self, item: T) -> bool:
         """Send without waiting.  ``WouldBlock`` if full, ``ChannelClosed`` if closed.
@@ -1098,6 +1157,8 @@ class Channel(_ChanOps[T], Generic[T]):
             task = ctx
             if task._scope._eff:
                 raise Cancelled()
+        elif timeout is None and cancel is None:
+            return await self._recv_foreign(ctx)
         if timeout is not None or cancel is not None:
             timeout = self._precheck(timeout, cancel, False)
         item, x = self._recv_attempt(None, None, timeout == 0)

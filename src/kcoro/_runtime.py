@@ -247,7 +247,8 @@ def _ring(t: Ticket) -> None:
 class Runtime:
     """A native scheduler bound to one thread.  Created by :func:`run`."""
 
-    __slots__ = ("__weakref__", "_asleep", "_calls", "_closed", "_eventfd", "_fatal", "_fds",
+    __slots__ = ("__weakref__", "_asleep", "_bell", "_bellmode", "_calls", "_closed", "_eventfd",
+                 "_fatal", "_fds",
                  "_idle", "_main", "_main_done", "_ready", "_sel", "_tasks", "_tid",
                  "_unretrieved", "_wake_r", "_wake_w", "clock", "current", "now_ns", "parks",
                  "polls", "steps", "thread_name", "timers")
@@ -262,6 +263,11 @@ class Runtime:
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w, self._eventfd = _wakeup_fds()
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        # With no fd to watch, the loop sleeps on ``_bell`` (a lock held by the loop; a waker
+        # releases it: one futex wake instead of an eventfd write plus an epoll wake-up).
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._bellmode = False
         self._fds: dict[tuple[int, int], Ticket] = {}
         self._asleep = False
         self._idle: list[Ticket] = []
@@ -283,6 +289,12 @@ class Runtime:
 
     # -- cross-thread entry points ----------------------------------------------------------
     def _poke(self) -> None:
+        if self._bellmode:
+            try:
+                self._bell.release()
+            except RuntimeError:
+                pass  # already released: the loop will not block
+            return
         try:
             if self._eventfd:
                 os.eventfd_write(self._wake_w, 1)
@@ -381,20 +393,26 @@ class Runtime:
     # -- the loop ------------------------------------------------------------------------
     def _poll(self, timeout: float | None) -> None:
         self.polls += 1
+        if self._asleep and not self._fds and timeout != 0:
+            # Nothing but wake-ups to wait for: block on the bell.  ``_bellmode`` is only
+            # changed here, by the loop, while ``_asleep`` holds; a waker that read a stale
+            # mode either finds the work re-checked below or leaves a spurious release (the
+            # next sleep returns at once and re-checks).
+            self._bellmode = True
+            try:
+                if self._ready or self._calls:
+                    return
+                self._bell.acquire(True, -1 if timeout is None else timeout)
+            finally:
+                self._bellmode = False
+            return
         try:
             events = self._sel.select(timeout)
         except InterruptedError:
             events = []
         for key, mask in events:
             if key.data is None:
-                try:
-                    if self._eventfd:
-                        os.eventfd_read(self._wake_r)
-                    else:
-                        while os.read(self._wake_r, 4096):
-                            pass
-                except (BlockingIOError, OSError):
-                    pass
+                self._drain_wakeup_fd()
                 continue
             fd = key.data
             for ev in (selectors.EVENT_READ, selectors.EVENT_WRITE):
@@ -403,6 +421,16 @@ class Runtime:
                     if t is not None:
                         _ring(t)
             self._reregister(fd)
+
+    def _drain_wakeup_fd(self) -> None:
+        try:
+            if self._eventfd:
+                os.eventfd_read(self._wake_r)
+            else:
+                while os.read(self._wake_r, 4096):
+                    pass
+        except (BlockingIOError, OSError):
+            pass
 
     def run_until_complete(self, main: Task[Any]) -> None:
         self._main = main

@@ -31,8 +31,9 @@ static PyObject *sized_set;           /* _chan._SIZED_TYPES */
 static PyObject *py_nbytes;           /* _chan._nbytes */
 static PyObject *deque_append, *deque_popleft;
 static PyObject *s_send_slow, *s_recv_slow, *s_park_failed, *s_send_any, *s_recv_any;
+static PyObject *s_send_foreign, *s_recv_foreign;
 static PyObject *s_anext_any;
-static PyObject *s_poke, *s_wake, *s_READY;
+static PyObject *s_poke, *s_READY, *s_wake_waker;
 static PyObject *ChannelClosedType;
 static PyObject *i_PARKED, *i_READY, *i_COMPLETED;  /* small ints: shared singletons */
 static Py_tss_t rt_key = Py_tss_NEEDS_INIT;
@@ -191,7 +192,9 @@ wake(PyObject *t)
         }
         return 0;
     }
-    PyObject *res = PyObject_CallMethodNoArgs(t, s_wake);
+    if (w == NULL || w == Py_None)
+        return 0;
+    PyObject *res = PyObject_CallMethodOneArg(w, s_wake_waker, t);  /* Ticket._wake, inlined */
     if (res == NULL)
         return -1;
     Py_DECREF(res);
@@ -568,19 +571,40 @@ op_done(OpObject *op, PyObject *task, PyObject *x, PyObject *value, PyObject **r
 static int may_block(void);
 static void stamp_now(PyObject *ch);
 
-static int
-foreign_ok(void)
+/* The running asyncio loop (a new reference), or NULL (none, or a kcoro section is held). */
+static PyObject *
+foreign_loop(void)
 {
     if (PyDict_GET_SIZE(owner_dict) != 0)
-        return 0;
+        return NULL;
     PyObject *loop = PyObject_CallNoArgs(get_running_loop);
     if (loop == NULL) {
         PyErr_Clear();
-        return 0;
+        return NULL;
     }
-    int ok = loop != Py_None;
+    if (loop == Py_None) {
+        Py_DECREF(loop);
+        return NULL;
+    }
+    return loop;
+}
+
+/* The asyncio task must wait (or the case is not inlined): ``Channel._send_foreign`` /
+ * ``_recv_foreign`` try once more and register an asyncio waiter in one section. */
+static PySendResult
+op_delegate_foreign(OpObject *op, PyObject *loop, PyObject **result)
+{
+    if (op->is_send)
+        op->sub = PyObject_CallMethodObjArgs(op->ch, s_send_foreign, op->item, loop, NULL);
+    else
+        op->sub = PyObject_CallMethodObjArgs(op->ch, s_recv_foreign, loop, NULL);
     Py_DECREF(loop);
-    return ok;
+    if (op->sub == NULL) {
+        op->state = OP_DONE;
+        return PYGEN_ERROR;
+    }
+    op->state = OP_DELEGATE;
+    return PyIter_Send(op->sub, Py_None, result);
 }
 
 static PySendResult
@@ -588,20 +612,24 @@ foreign_fast(OpObject *op, PyObject **result)
 {
     PyObject *x, *item;
     int st;
-    if (!foreign_ok())
+    PyObject *loop = foreign_loop();
+    if (loop == NULL)
         return op_delegate(op, result);
     if (op->is_send) {
         Py_ssize_t nb = builtin_nbytes(op->item);
-        if (nb == -1)
+        if (nb == -1) {
+            Py_DECREF(loop);
             return PYGEN_ERROR;
+        }
         if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
-            return op_delegate(op, result);
+            return op_delegate_foreign(op, loop, result);
         PyObject *old;
         st = put_section(op->ch, op->item, nb, NULL, &x, &old);
         if (st == ST_OK)
             stamp_now(op->ch);  /* inside the section, before any Python code runs */
         if (old != NULL && report_dropped(op->ch, old) < 0) {
             Py_XDECREF(x);
+            Py_DECREF(loop);
             return PYGEN_ERROR;
         }
         item = Py_None;
@@ -609,18 +637,21 @@ foreign_fast(OpObject *op, PyObject **result)
     }
     else {
         if (PyDict_GET_SIZE(owner_dict) != 0)  /* re-checked: get_running_loop may run Python */
-            return op_delegate(op, result);
+            return op_delegate_foreign(op, loop, result);
         item = get_section(op->ch, NULL, &x, &st);
         if (st == ST_OK)
             stamp_now(op->ch);
     }
-    if (st == ST_ERROR)
+    if (st == ST_ERROR) {
+        Py_DECREF(loop);
         return PYGEN_ERROR;
+    }
     if (st != ST_OK) {
         if (op->is_send)
             Py_DECREF(item);
-        return op_delegate(op, result);
+        return op_delegate_foreign(op, loop, result);
     }
+    Py_DECREF(loop);
     if (x != NULL) {
         int r = wake(x);
         Py_DECREF(x);
@@ -1391,6 +1422,8 @@ PyInit__speedups(void)
     if (deque_append == NULL || deque_popleft == NULL)
         return NULL;
     INTERN(s_send_slow, "_send_slow");
+    INTERN(s_send_foreign, "_send_foreign");
+    INTERN(s_recv_foreign, "_recv_foreign");
     INTERN(s_recv_slow, "_recv_slow");
     INTERN(s_park_failed, "_park_failed");
     INTERN(s_send_any, "_send_any");
@@ -1406,7 +1439,7 @@ PyInit__speedups(void)
     if (get_running_loop == NULL)
         return NULL;
     INTERN(s_poke, "_poke");
-    INTERN(s_wake, "_wake");
+    INTERN(s_wake_waker, "wake");
     INTERN(s_report, "_report");
     INTERN(s_abandon, "_abandon");
     INTERN(s_READY, "READY");

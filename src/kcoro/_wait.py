@@ -45,8 +45,16 @@ from ._tokens import (
 )
 from ._wakers import AioWaker, ThreadWaker, thread_waker
 
-__all__ = ["check_blocking_allowed", "context", "error_for", "park", "park_blocking",
-           "wait_internal", "waker_for"]
+__all__ = [
+    "check_blocking_allowed",
+    "context",
+    "error_for",
+    "foreign_cancelled",
+    "park",
+    "park_blocking",
+    "wait_internal",
+    "waker_for",
+]
 
 Ctx: TypeAlias = "Task[Any] | asyncio.AbstractEventLoop"
 _get_running_loop = asyncio._get_running_loop
@@ -151,6 +159,17 @@ async def park(t: Ticket, ctx: Ctx, timeout: float | None,
         _foreign_park(t, -1)
         if h is not None:
             h.cancel()
+
+
+def foreign_cancelled(t: Ticket, exc: BaseException) -> None:
+    """An asyncio task parked on ``t`` (no timeout) got ``CancelledError``: cancel ``t``; if a
+    completion won the race, the operation returns what it was given and the cancellation is
+    re-delivered at the task's next await (see :func:`park`)."""
+    msg = exc.args[0] if exc.args else None
+    if not fail(t, WHY_TASK, msg):
+        task = asyncio.current_task()
+        if task is not None:
+            task.get_loop().call_soon(_redeliver_cancel, task, msg)
 
 
 def _redeliver_cancel(task: asyncio.Task[Any], msg: Any) -> None:

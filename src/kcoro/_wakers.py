@@ -44,10 +44,12 @@ class AioWaker:
 
     def wake(self, ticket: Ticket) -> None:
         if _get_ident() == self.tid:
-            try:
-                _resolve(self.fut)
-            except RuntimeError:
-                pass  # the loop was closed with the task still waiting: nobody is left
+            fut = self.fut
+            if not fut.done():
+                try:
+                    fut.set_result(None)
+                except RuntimeError:
+                    pass  # the loop was closed with the task still waiting: nobody is left
         else:
             try:
                 self.loop.call_soon_threadsafe(_resolve, self.fut)
