@@ -29,7 +29,8 @@ test: $(STAMP)
 	KCORO_REQUIRE_SPEEDUPS=1 $(PY) -m pytest -q
 	KCORO_PURE=1 $(PY) -m pytest -q -p no:randomly tests/test_chan_ordering.py \
 		tests/test_chan_blocking.py tests/test_chan_close.py tests/test_chan_stats.py \
-		tests/test_select.py tests/test_cancel.py tests/test_undelivered.py tests/model tests/stress
+		tests/test_select.py tests/test_cancel.py tests/test_undelivered.py tests/test_payload.py \
+		tests/test_zref.py tests/model tests/stress
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -172,6 +172,19 @@ _SIZERS: dict[type, Callable[[Any], int]] = {}
 _SIZED_TYPES: set[type] = {bytes, bytearray, memoryview}
 
 
+_ZREF: list[Any] = []
+
+
+def _zref_module() -> Any:
+    """``kcoro._zref`` (imported on first use: it imports this module)."""
+    if _ZREF:
+        return _ZREF[0]
+    from . import _zref
+
+    _ZREF.append(_zref)
+    return _zref
+
+
 def register_sized_type(cls: type, nbytes: Callable[[Any], int]) -> None:
     """Count ``nbytes(item)`` in bytes_sent/bytes_recv for items of type ``cls``."""
     _SIZERS[cls] = nbytes
@@ -1378,15 +1391,19 @@ class Channel(_ChanOps[T], Generic[T]):
     async def send_zref(self, obj: Any, *, timeout: float | None = None,
                         cancel: Any = None) -> None:
         """Move a Payload reference (a foreign buffer is aliased, never freed by kcoro)."""
-        from ._zref import send_zref
-
-        await send_zref(self, obj, timeout, cancel)
+        z = _zref_module()
+        p, small, cap = z._prepare(obj)
+        try:
+            await self.send(p, timeout=timeout, cancel=cancel)
+        except BaseException as exc:
+            z._failed(self, p, exc, small, cap)
+            raise
+        z._count_sent(self, small, cap)
 
     async def recv_zref(self, *, timeout: float | None = None, cancel: Any = None) -> Any:
         """Receive a Payload (the receiver owns its reference)."""
-        from ._zref import recv_zref
-
-        return await recv_zref(self, timeout, cancel)
+        z = _zref_module()
+        return z._received(self, await self.recv(timeout=timeout, cancel=cancel))
 
     def try_send_zref(self, obj: Any) -> bool:
         from ._zref import try_send_zref

@@ -14,10 +14,15 @@ Nothing else may be yielded (a bare ``asyncio`` future awaited inside a kcoro ta
 a clear error).
 
 Wake-ups: a completed ticket calls ``Task.wake``, which appends the task to ``_ready`` (a deque:
-``append`` is atomic, so foreign threads may call it) and, if the runtime is asleep, writes the
-wakeup fd.  The armed-flag protocol: the loop sets ``_asleep = True`` *then* re-checks ``_ready``
+``append`` is atomic, so foreign threads may call it) and, if the runtime is asleep, pokes it
+(``_poke``).  The armed-flag protocol: the loop sets ``_asleep = True`` *then* re-checks ``_ready``
 and ``_calls`` before blocking; a waker appends *then* checks ``_asleep``.  Either the loop sees
 the work or the waker sees the flag, so no wake-up is lost and an idle runtime spends no CPU.
+The loop sleeps in one of two ways: with an fd to watch (``wait_readable``) in the selector,
+poked through the wakeup fd; with none, on ``_bell`` (a lock the loop holds; a poke releases it:
+one futex wake-up instead of an eventfd write plus an epoll return, ~5 µs less per cross-thread
+wake here).  A poke that reads a stale mode at worst leaves a spurious wake-up behind (the next
+sleep returns at once and re-checks), never a lost one.
 
 Invariants (``Runtime.check_invariants``): a FINISHED task is not in ``_tasks``; every task in
 ``_tasks`` is READY, RUNNING or PARKED (or CREATED briefly); ``current`` is None between steps;

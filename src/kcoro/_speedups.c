@@ -22,6 +22,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <pythread.h>
+#include <stdint.h>
 
 /* ---- configuration captured from the Python classes ---------------------------------------- */
 static PyTypeObject *TicketType, *TaskType, *ChannelType, *RuntimeType;
@@ -29,6 +30,8 @@ static PyObject *owner_dict;          /* _klock._OWNER: non-empty while a Python
                                          inside a kernel section */
 static PyObject *sized_set;           /* _chan._SIZED_TYPES */
 static PyObject *py_nbytes;           /* _chan._nbytes */
+static PyTypeObject *PayloadType;     /* kcoro.Payload (configure_payload), or NULL */
+static Py_ssize_t p_nbytes;           /* its ``nbytes`` slot */
 static PyObject *deque_append, *deque_popleft;
 static PyObject *s_send_slow, *s_recv_slow, *s_park_failed, *s_send_any, *s_recv_any;
 static PyObject *s_send_foreign, *s_recv_foreign;
@@ -128,6 +131,16 @@ builtin_nbytes(PyObject *item)
             return 0;  /* a released view: counted as 0, like the Python reference */
         return PyMemoryView_GET_BUFFER(item)->len;
     }
+    if (tp == PayloadType) {  /* a zero-copy payload: its size is a plain int slot */
+        PyObject *v = SLOT(item, p_nbytes);
+        if (v != NULL && PyLong_CheckExact(v)) {
+            Py_ssize_t r = PyLong_AsSsize_t(v);
+            if (r >= 0)
+                return r;
+            PyErr_Clear();
+        }
+        return -2;
+    }
     if (!Py_IS_TYPE(tp, &PyType_Type))
         return -2;  /* a custom metaclass may hash in Python: let Python look it up */
     int r = PySet_Contains(sized_set, (PyObject *)tp);
@@ -162,7 +175,8 @@ report_dropped(PyObject *ch, PyObject *old)
 {
     int rc = 0;
     PyObject *h = SLOT(ch, c_on_undelivered);
-    if (h != NULL && h != Py_None) {
+    /* a payload is also released (and counted) by Channel._report, handler or not */
+    if ((h != NULL && h != Py_None) || (PayloadType != NULL && Py_IS_TYPE(old, PayloadType))) {
         PyObject *items = PyTuple_Pack(1, old);
         PyObject *r = items ? PyObject_CallMethodOneArg(ch, s_report, items) : NULL;
         Py_XDECREF(items);
@@ -1385,7 +1399,246 @@ configure(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- kcoro._payload.Arena's buddy allocator (``_take`` / ``_give``, branch for branch) --------
+ * ``Buddy(meta, nblk, maxorder, shift)`` holds the arena's metadata buffer (the layout of
+ * ``_payload._Meta``: u64 counters[16], u32 heads[48], then per min-block u32 gen, u32 nxt,
+ * u32 prv, u16 holder, u8 order, u8 state, u8 flags).  The caller holds the arena's lock. */
+
+enum { B_FREE = 1, B_ALLOC = 2 };
+enum { BC_IN_USE, BC_PEAK, BC_BLOCKS, BC_ALLOCS, BC_FREES, BC_SPILLS, BC_FALLBACKS, BC_STALE };
+#define B_NCOUNT 16
+#define B_MAXORDERS 48
+#define B_NOHOLDER 0xFFFF
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int have_view;
+    uint64_t *cnt;
+    uint32_t *heads, *gen, *nxt, *prv;
+    uint16_t *holder;
+    uint8_t *order, *state, *flags;
+    uint32_t nblk, maxorder, shift;
+} BuddyObject;
+
+static inline void
+b_push(BuddyObject *b, uint32_t i, uint32_t o)
+{
+    uint32_t h = b->heads[o];
+    b->state[i] = B_FREE;
+    b->order[i] = (uint8_t)o;
+    b->prv[i] = 0;
+    b->nxt[i] = h;
+    if (h)
+        b->prv[h - 1] = i + 1;
+    b->heads[o] = i + 1;
+}
+
+static inline void
+b_unlink(BuddyObject *b, uint32_t i, uint32_t o)
+{
+    uint32_t p = b->prv[i], n = b->nxt[i];
+    if (p)
+        b->nxt[p - 1] = n;
+    else
+        b->heads[o] = n;
+    if (n)
+        b->prv[n - 1] = p;
+}
+
+static int
+Buddy_init(BuddyObject *b, PyObject *args, PyObject *kwds)
+{
+    PyObject *meta;
+    unsigned int nblk, maxorder, shift;
+    if (!PyArg_ParseTuple(args, "OIII:Buddy", &meta, &nblk, &maxorder, &shift))
+        return -1;
+    if (b->have_view) {
+        PyErr_SetString(PyExc_RuntimeError, "Buddy already initialized");
+        return -1;
+    }
+    if (maxorder >= B_MAXORDERS || shift >= 32 || nblk == 0 || (1ULL << maxorder) > nblk) {
+        PyErr_SetString(PyExc_ValueError, "Buddy: bad arena geometry");
+        return -1;
+    }
+    if (PyObject_GetBuffer(meta, &b->view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    b->have_view = 1;
+    size_t need = B_NCOUNT * 8 + B_MAXORDERS * 4 + (size_t)nblk * (4 + 4 + 4 + 2 + 1 + 1 + 1);
+    if ((size_t)b->view.len < need) {
+        PyErr_SetString(PyExc_ValueError, "Buddy: metadata buffer too small for its geometry");
+        return -1;
+    }
+    char *p = (char *)b->view.buf;
+    b->cnt = (uint64_t *)p;
+    p += B_NCOUNT * 8;
+    b->heads = (uint32_t *)p;
+    p += B_MAXORDERS * 4;
+    b->gen = (uint32_t *)p;
+    p += (size_t)nblk * 4;
+    b->nxt = (uint32_t *)p;
+    p += (size_t)nblk * 4;
+    b->prv = (uint32_t *)p;
+    p += (size_t)nblk * 4;
+    b->holder = (uint16_t *)p;
+    p += (size_t)nblk * 2;
+    b->order = (uint8_t *)p;
+    p += nblk;
+    b->state = (uint8_t *)p;
+    p += nblk;
+    b->flags = (uint8_t *)p;
+    b->nblk = nblk;
+    b->maxorder = maxorder;
+    b->shift = shift;
+    return 0;
+}
+
+/* take(nbytes, holder, flags) -> head index of a new block, or -1 (no block fits) */
+static PyObject *
+Buddy_take(BuddyObject *b, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take(nbytes, holder, flags)");
+        return NULL;
+    }
+    if (!b->have_view) {
+        PyErr_SetString(PyExc_ValueError, "Buddy not initialized");
+        return NULL;
+    }
+    long long n = PyLong_AsLongLong(args[0]);
+    long holder = PyLong_AsLong(args[1]), flags = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (n < 1)
+        n = 1;
+    uint64_t blocks = ((uint64_t)n + (1ULL << b->shift) - 1) >> b->shift;
+    uint32_t o = blocks <= 1 ? 0 : (uint32_t)(64 - __builtin_clzll(blocks - 1));
+    if (o > b->maxorder)
+        return PyLong_FromLong(-1);
+    uint32_t k = o;
+    while (k <= b->maxorder && !b->heads[k])
+        k++;
+    if (k > b->maxorder)
+        return PyLong_FromLong(-1);
+    uint32_t i = b->heads[k] - 1;
+    b_unlink(b, i, k);
+    while (k > o) { /* split, keeping the lower half */
+        k--;
+        b_push(b, i + (1u << k), k);
+    }
+    b->order[i] = (uint8_t)o;
+    b->state[i] = B_ALLOC;
+    b->holder[i] = (uint16_t)holder;
+    b->flags[i] = (uint8_t)flags;
+    uint64_t *c = b->cnt;
+    c[BC_IN_USE] += (1ULL << b->shift) << o;
+    if (c[BC_IN_USE] > c[BC_PEAK])
+        c[BC_PEAK] = c[BC_IN_USE];
+    c[BC_BLOCKS] += 1;
+    c[BC_ALLOCS] += 1;
+    return PyLong_FromUnsignedLong(i);
+}
+
+/* give(i, gen) -> True, or False if ``i`` is not an allocated block of generation ``gen``
+ * (counted as stale) */
+static PyObject *
+Buddy_give(BuddyObject *b, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "give(i, gen)");
+        return NULL;
+    }
+    if (!b->have_view) {
+        PyErr_SetString(PyExc_ValueError, "Buddy not initialized");
+        return NULL;
+    }
+    long long i = PyLong_AsLongLong(args[0]), gen = PyLong_AsLongLong(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    uint64_t *c = b->cnt;
+    if (i < 0 || i >= (long long)b->nblk || b->state[i] != B_ALLOC
+            || (long long)b->gen[i] != gen) {
+        c[BC_STALE] += 1;
+        Py_RETURN_FALSE;
+    }
+    uint32_t j = (uint32_t)i, o = b->order[j], d;
+    b->gen[j] = (uint32_t)((gen + 1) & 0xFFFFFFFF);
+    b->holder[j] = B_NOHOLDER;
+    b->flags[j] = 0;
+    c[BC_IN_USE] -= (1ULL << b->shift) << o;
+    c[BC_BLOCKS] -= 1;
+    c[BC_FREES] += 1;
+    while (o < b->maxorder) { /* merge with a free buddy of the same order */
+        d = j ^ (1u << o);
+        if ((uint64_t)d + (1u << o) > b->nblk || b->state[d] != B_FREE || b->order[d] != o)
+            break;
+        b_unlink(b, d, o);
+        b->state[d > j ? d : j] = 0;
+        j = d < j ? d : j;
+        o++;
+    }
+    b_push(b, j, o);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+Buddy_release(BuddyObject *b, PyObject *unused)
+{
+    if (b->have_view) {
+        PyBuffer_Release(&b->view);
+        b->have_view = 0;
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+Buddy_dealloc(BuddyObject *b)
+{
+    if (b->have_view)
+        PyBuffer_Release(&b->view);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyMethodDef Buddy_methods[] = {
+    {"take", (PyCFunction)(void (*)(void))Buddy_take, METH_FASTCALL,
+     "take(nbytes, holder, flags) -> block index | -1: Arena._take (arena lock held)."},
+    {"give", (PyCFunction)(void (*)(void))Buddy_give, METH_FASTCALL,
+     "give(i, gen) -> bool: Arena._give (arena lock held)."},
+    {"release", (PyCFunction)Buddy_release, METH_NOARGS,
+     "Let go of the metadata buffer (before the arena unmaps it)."},
+    {NULL}};
+
+static PyTypeObject BuddyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kcoro._speedups.Buddy",
+    .tp_basicsize = sizeof(BuddyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The buddy allocator of a kcoro.Arena over its metadata buffer.",
+    .tp_methods = Buddy_methods,
+    .tp_init = (initproc)Buddy_init,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)Buddy_dealloc,
+};
+
+/* configure_payload(Payload): let the sections count payload bytes themselves (its ``nbytes``
+ * slot) instead of sending every payload operation to the Python slow paths. */
+static PyObject *
+configure_payload(PyObject *mod, PyObject *cls)
+{
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "configure_payload: Payload must be a class");
+        return NULL;
+    }
+    if (slot_offset(cls, "nbytes", &p_nbytes) < 0)
+        return NULL;
+    Py_INCREF(cls);
+    Py_XSETREF(PayloadType, (PyTypeObject *)cls);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"configure_payload", configure_payload, METH_O,
+     "configure_payload(Payload): payload sizes read from its nbytes slot."},
     {"configure", configure, METH_VARARGS,
      "configure(Channel, Ticket, Task, CancelScope, Runtime, owner, sized_types, nbytes, "
      "ChannelClosed)"},
@@ -1407,7 +1660,8 @@ PyInit__speedups(void)
 {
     if (PyThread_tss_create(&rt_key) != 0)
         return NULL;
-    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&ChanOpsType) < 0)
+    if (PyType_Ready(&OpType) < 0 || PyType_Ready(&ChanOpsType) < 0
+            || PyType_Ready(&BuddyType) < 0)
         return NULL;
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL)
@@ -1456,6 +1710,9 @@ PyInit__speedups(void)
         return NULL;
     Py_INCREF(&OpType);
     if (PyModule_AddObject(m, "ChannelOp", (PyObject *)&OpType) < 0)
+        return NULL;
+    Py_INCREF(&BuddyType);
+    if (PyModule_AddObject(m, "Buddy", (PyObject *)&BuddyType) < 0)
         return NULL;
     if (PyModule_AddIntConstant(m, "BUDGET", 64) < 0)  /* must equal _runtime.BUDGET */
         return NULL;

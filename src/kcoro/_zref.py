@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _klock
+from ._accel import speedups as _speedups
 from ._chan import register_sized_type
 from ._errors import ChannelClosed, WouldBlock
 from ._payload import Payload
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["ZREF_MIN", "recv_zref", "send_zref"]
 
 register_sized_type(Payload, lambda p: p.nbytes)  # bytes_sent / bytes_recv count payloads
+if _speedups is not None and hasattr(_speedups, "configure_payload"):
+    _speedups.configure_payload(Payload)  # the C sections read the size themselves
 
 ZREF_MIN = 64  # foreign buffers smaller than this are copied (cheaper than tracking an alias)
 
@@ -69,6 +72,18 @@ def _count(ch: Channel[Any], sent: int = 0, received: int = 0, small: int = 0, c
         _klock.release()
 
 
+def _count_sent(ch: Channel[Any], small: int, cap: int) -> None:
+    _klock.acquire()
+    try:
+        ch.zref_sent += 1
+        if small:
+            ch.zref_fallback_small += small
+        if cap:
+            ch.zref_fallback_capacity += cap
+    finally:
+        _klock.release()
+
+
 def _failed(ch: Channel[Any], p: Payload, exc: BaseException, small: int, cap: int) -> None:
     if isinstance(exc, WouldBlock):
         return  # nothing happened: the caller keeps its reference
@@ -86,7 +101,7 @@ async def send_zref(ch: Channel[Any], obj: Any, timeout: float | None = None,
     except BaseException as exc:
         _failed(ch, p, exc, small, cap)
         raise
-    _count(ch, sent=1, small=small, cap=cap)
+    _count_sent(ch, small, cap)
 
 
 def send_zref_blocking(ch: Channel[Any], obj: Any, timeout: float | None = None,
@@ -97,7 +112,7 @@ def send_zref_blocking(ch: Channel[Any], obj: Any, timeout: float | None = None,
     except BaseException as exc:
         _failed(ch, p, exc, small, cap)
         raise
-    _count(ch, sent=1, small=small, cap=cap)
+    _count_sent(ch, small, cap)
 
 
 def try_send_zref(ch: Channel[Any], obj: Any) -> bool:
@@ -109,13 +124,17 @@ def try_send_zref(ch: Channel[Any], obj: Any) -> bool:
         raise
     if not ok:  # DROP_LATEST on a full buffer: the caller still owns it (as try_send)
         return False
-    _count(ch, sent=1, small=small, cap=cap)
+    _count_sent(ch, small, cap)
     return True
 
 
 def _received(ch: Channel[Any], item: Any) -> Payload:
     if type(item) is Payload:
-        _count(ch, received=1)
+        _klock.acquire()
+        try:
+            ch.zref_received += 1
+        finally:
+            _klock.release()
         return item
     try:
         return Payload(item)
