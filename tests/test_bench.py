@@ -173,3 +173,14 @@ def test_ratio_direction_follows_the_unit() -> None:
     assert c is not None and "idle" in c.text
     run = Run(Options(), [k, p], {}, ["kcoro", "bench"], "now")
     assert "| B8" in report.table(run)
+
+
+def test_b9_wakes_prints_every_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    from kcoro.bench import b9_wakes
+
+    b9_wakes.main(["--n", "200", "--rounds", "1"])
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| ") and "variant" not in ln]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(b9_wakes.ROWS)
+    for r in rows:
+        assert float(r.split(" | ")[1]) > 0  # a measured time in µs
