@@ -529,6 +529,21 @@ class _PyChanOps(Generic[T]):
         ch: Channel[Any] = self  # type: ignore[assignment]
         return ch._recv_blocking_slow(timeout, cancel)  # type: ignore[no-any-return]
 
+    def try_send(self, item: T) -> bool:
+        """Send without waiting.  ``WouldBlock`` if full, ``ChannelClosed`` if closed.
+
+        Returns True if the item was accepted; False only for DROP_LATEST when the buffer is full
+        (the item is dropped and not reported: the caller still owns it).
+        """
+        ch: Channel[Any] = self  # type: ignore[assignment]
+        return ch._try_send_slow(item)
+
+    def try_recv(self) -> T:
+        """Receive without waiting: ``WouldBlock`` if empty, ``ChannelClosed`` if closed and
+        drained."""
+        ch: Channel[Any] = self  # type: ignore[assignment]
+        return ch._try_recv_slow()  # type: ignore[no-any-return]
+
     async def __anext__(self) -> T:
         try:
             return await self.recv()
@@ -1130,12 +1145,9 @@ class Channel(_ChanOps[T], Generic[T]):
             return item  # type: ignore[no-any-return]
         return self._received(item, x, None)  # type: ignore[no-any-return]
 
-    def try_send(self, item: T) -> bool:
-        """Send without waiting.  ``WouldBlock`` if full, ``ChannelClosed`` if closed.
-
-        Returns True if the item was accepted; False only for DROP_LATEST when the buffer is full
-        (the item is dropped and not reported: the caller still owns it).
-        """
+    def _try_send_slow(self, item: T) -> bool:
+        """Every ``try_send`` the C twin does not complete itself (the public method comes from
+        the ops base class)."""
         st, x, d = self._send_attempt(item, None, None, 2)
         if st == _DROPPED:
             return False
@@ -1199,9 +1211,8 @@ class Channel(_ChanOps[T], Generic[T]):
                 await trap(None)
         return item  # type: ignore[no-any-return]
 
-    def try_recv(self) -> T:
-        """Receive without waiting: ``WouldBlock`` if empty, ``ChannelClosed`` if closed and
-        drained."""
+    def _try_recv_slow(self) -> T:
+        """Every ``try_recv`` the C twin does not complete itself."""
         item, x = self._recv_attempt(None, None, True)
         return self._received(item, x, None)  # type: ignore[no-any-return]
 

@@ -34,7 +34,7 @@ static PyTypeObject *PayloadType;     /* kcoro.Payload (configure_payload), or N
 static Py_ssize_t p_nbytes;           /* its ``nbytes`` slot */
 static PyObject *deque_append, *deque_popleft;
 static PyObject *s_send_slow, *s_recv_slow, *s_park_failed, *s_send_any, *s_recv_any;
-static PyObject *s_send_foreign, *s_recv_foreign;
+static PyObject *s_send_foreign, *s_recv_foreign, *s_try_send_slow, *s_try_recv_slow;
 static PyObject *s_anext_any;
 static PyObject *s_poke, *s_READY, *s_wake_waker;
 static PyObject *ChannelClosedType;
@@ -1173,7 +1173,81 @@ slow:
     return PyObject_CallMethodObjArgs(self, s_recv_blocking_slow, timeout, cancel, NULL);
 }
 
+/* try_send / try_recv: one section when it completes the operation; every other outcome (full,
+ * empty, closed, a drop policy, a payload whose size needs Python, a Python section in progress)
+ * goes to Channel._try_send_slow / _try_recv_slow, which redo the attempt, count the failure and
+ * raise -- the C attempt changed nothing in those cases. */
+static PyObject *
+chanops_try_send(PyObject *self, PyObject *item)
+{
+    PyObject *x, *old;
+    if (check_channel(self) < 0)
+        return NULL;
+    if (PyDict_GET_SIZE(owner_dict) != 0)
+        goto slow;
+    Py_ssize_t nb = builtin_nbytes(item);
+    if (nb == -1)
+        return NULL;
+    if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
+        goto slow;
+    int st = put_section(self, item, nb, NULL, &x, &old);
+    if (st == ST_ERROR)
+        return NULL;
+    if (st != ST_OK)
+        goto slow;
+    stamp_now(self);
+    if (old != NULL && report_dropped(self, old) < 0) {
+        Py_XDECREF(x);
+        return NULL;
+    }
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0)
+            return NULL;
+    }
+    Py_RETURN_TRUE;
+slow:
+    return PyObject_CallMethodOneArg(self, s_try_send_slow, item);
+}
+
+static PyObject *
+chanops_try_recv(PyObject *self, PyObject *unused)
+{
+    PyObject *x;
+    int st;
+    if (check_channel(self) < 0)
+        return NULL;
+    if (PyDict_GET_SIZE(owner_dict) != 0)
+        goto slow;
+    PyObject *item = get_section(self, NULL, &x, &st);
+    if (st == ST_ERROR)
+        return NULL;
+    if (st != ST_OK)
+        goto slow;
+    stamp_now(self);
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0) {
+            Py_DECREF(item);
+            return NULL;
+        }
+    }
+    return item;
+slow:
+    return PyObject_CallMethodNoArgs(self, s_try_recv_slow);
+}
+
 static PyMethodDef chanops_methods[] = {
+    {"try_send", (PyCFunction)chanops_try_send, METH_O,
+     "try_send(item)\n--\n\n"
+     "Send without waiting.  WouldBlock if full, ChannelClosed if closed.  True if the item\n"
+     "was accepted; False only for DROP_LATEST when the buffer is full (not reported: the\n"
+     "caller still owns the item)."},
+    {"try_recv", (PyCFunction)chanops_try_recv, METH_NOARGS,
+     "try_recv()\n--\n\n"
+     "Receive without waiting: WouldBlock if empty, ChannelClosed if closed and drained."},
     {"send_blocking", (PyCFunction)(void (*)(void))chanops_send_blocking,
      METH_FASTCALL | METH_KEYWORDS,
      "send_blocking(item, *, timeout=None, cancel=None)\n--\n\n"
@@ -1677,6 +1751,8 @@ PyInit__speedups(void)
         return NULL;
     INTERN(s_send_slow, "_send_slow");
     INTERN(s_send_foreign, "_send_foreign");
+    INTERN(s_try_send_slow, "_try_send_slow");
+    INTERN(s_try_recv_slow, "_try_recv_slow");
     INTERN(s_recv_foreign, "_recv_foreign");
     INTERN(s_recv_slow, "_recv_slow");
     INTERN(s_park_failed, "_park_failed");
