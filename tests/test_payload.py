@@ -327,3 +327,31 @@ def test_c_buddy_allocator_matches_the_python_reference() -> None:
     assert c_arena.stats().stale > 0
     c_arena.close()  # the Buddy lets go of the metadata before the unmap
     py_arena.close()
+
+
+def test_c_buddy_rejects_bad_input_like_the_reference() -> None:
+    from kcoro._accel import speedups
+
+    if speedups is None:  # pure mode: the reference validates the same way
+        a = Arena(1 << 12)
+        with a.lock, pytest.raises(ValueError, match="out of range"):
+            a._take(1, 1 << 16, 0)
+        return
+    b = speedups.Buddy.__new__(speedups.Buddy)
+    with pytest.raises(ValueError, match="too small"):
+        b.__init__(bytearray(16), 4, 2, 6)
+    with pytest.raises(ValueError, match="not initialized"):
+        b.take(1, 0, 0)  # a failed __init__ leaves nothing half-set (it used to crash)
+    c_arena, py_arena = Arena(1 << 12), Arena(1 << 12)
+    py_arena._buddy = None
+    for a in (c_arena, py_arena):
+        with a.lock:
+            assert a._take(1 << 64, 0, 0) == -1  # larger than any arena: no block
+            assert a._give(1 << 64, 0) is False and a._give(0, 1 << 64) is False
+            with pytest.raises(ValueError, match="out of range"):
+                a._take(1, 1 << 16, 0)
+            with pytest.raises(ValueError, match="out of range"):
+                a._take(1, 0, 256)
+    assert c_arena.stats() == py_arena.stats()
+    assert _meta_bytes(c_arena) == _meta_bytes(py_arena)
+    c_arena.check_invariants()

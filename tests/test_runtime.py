@@ -832,3 +832,21 @@ def test_thread_wakes_a_sleeping_runtime_in_either_sleep_mode(watch_fd: bool) ->
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("threshold", [-1.0, -0.5, 0.0])
+def test_mock_clock_autojump_threshold_at_or_below_zero_jumps_at_once(threshold: float) -> None:
+    # The idle loop's bell must not read a non-positive wait as "block forever".
+    from kcoro.testing import MockClock
+
+    async def main() -> str:
+        await kcoro.sleep(10)
+        return "slept"
+
+    out: list[object] = []
+    th = threading.Thread(
+        target=lambda: out.append(kcoro.run(main, clock=MockClock(autojump_threshold=threshold))),
+        daemon=True)
+    th.start()
+    th.join(10)
+    assert out == ["slept"]

@@ -338,3 +338,29 @@ def test_asyncio_send_recv_zref() -> None:
         q.release()
 
     asyncio.run(main())
+
+
+def test_send_zref_closed_at_its_schedule_point_never_releases_an_accepted_payload() -> None:
+    # A coroutine closed (as run() does to abandoned coroutines) right where a zref send takes
+    # its budget schedule point: either nothing was sent and the sender still owns the payload,
+    # or it was sent and is intact -- never accepted and then released under its receiver.
+    arena = kcoro.Arena(1 << 14)
+
+    async def main() -> None:
+        ch: kcoro.Channel[Any] = kcoro.Channel(4)
+        p = arena.alloc(128)
+        task = kcoro.current_task()
+        task._budget = 1  # type: ignore[attr-defined]  # the next op is a schedule point
+        c = ch.send_zref(p)
+        assert c.send(None) is None  # suspended at the schedule point
+        c.close()
+        assert not p.released
+        if len(ch):
+            got = ch.try_recv_zref()
+            assert got is p and ch.zstats()["zref_sent"] == 1
+        else:
+            assert ch.zstats()["zref_sent"] == 0 and ch.zstats()["canceled"] == 0
+        p.release()
+        assert arena.stats().in_use == 0
+
+    run(main)

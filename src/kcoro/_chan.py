@@ -1403,6 +1403,14 @@ class Channel(_ChanOps[T], Generic[T]):
                         cancel: Any = None) -> None:
         """Move a Payload reference (a foreign buffer is aliased, never freed by kcoro)."""
         z = _zref_module()
+        rt = tls.rt
+        task = rt.current if rt is not None else None
+        if task is not None and task._budget <= 1:
+            # Take this task's schedule point now rather than right after the send completes:
+            # an exception thrown into the coroutine there (``close()``) would look like a
+            # failed send, and the payload, already accepted, would be released under its
+            # receiver.  (The runtime refills the budget when it steps the task again.)
+            await trap(None)
         p, small, cap = z._prepare(obj)
         try:
             await self.send(p, timeout=timeout, cancel=cancel)

@@ -272,13 +272,15 @@ class Arena:
 
     def _order_for(self, n: int) -> int:
         blocks = (n + self.min_block - 1) >> self._shift
-        return max(0, (blocks - 1).bit_length())
+        return 0 if blocks <= 1 else (blocks - 1).bit_length()
 
     def _take(self, n: int, holder: int = NO_HOLDER, flags: int = 0) -> int:
         """Allocate a block for ``n`` bytes; return its head index or -1 (lock held)."""
         b = self._buddy
         if b is not None:
             return b.take(n, holder, flags)  # type: ignore[no-any-return]
+        if not (0 <= holder <= 0xFFFF and 0 <= flags <= 0xFF):
+            raise ValueError(f"Arena._take: holder {holder} or flags {flags} out of range")
         o = self._order_for(n)
         if o > self._maxorder:
             return -1

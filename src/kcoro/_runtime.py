@@ -398,7 +398,7 @@ class Runtime:
     # -- the loop ------------------------------------------------------------------------
     def _poll(self, timeout: float | None) -> None:
         self.polls += 1
-        if self._asleep and not self._fds and timeout != 0:
+        if self._asleep and not self._fds and (timeout is None or timeout > 0):
             # Nothing but wake-ups to wait for: block on the bell.  ``_bellmode`` is only
             # changed here, by the loop, while ``_asleep`` holds; a waker that read a stale
             # mode either finds the work re-checked below or leaves a spurious release (the

@@ -657,6 +657,8 @@ foreign_fast(OpObject *op, PyObject **result)
             stamp_now(op->ch);
     }
     if (st == ST_ERROR) {
+        if (op->is_send)
+            Py_DECREF(item);
         Py_DECREF(loop);
         return PYGEN_ERROR;
     }
@@ -1540,6 +1542,8 @@ Buddy_init(BuddyObject *b, PyObject *args, PyObject *kwds)
     b->have_view = 1;
     size_t need = B_NCOUNT * 8 + B_MAXORDERS * 4 + (size_t)nblk * (4 + 4 + 4 + 2 + 1 + 1 + 1);
     if ((size_t)b->view.len < need) {
+        PyBuffer_Release(&b->view);
+        b->have_view = 0;
         PyErr_SetString(PyExc_ValueError, "Buddy: metadata buffer too small for its geometry");
         return -1;
     }
@@ -1579,10 +1583,18 @@ Buddy_take(BuddyObject *b, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "Buddy not initialized");
         return NULL;
     }
-    long long n = PyLong_AsLongLong(args[0]);
+    int over = 0;
+    long long n = PyLong_AsLongLongAndOverflow(args[0], &over);
     long holder = PyLong_AsLong(args[1]), flags = PyLong_AsLong(args[2]);
     if (PyErr_Occurred())
         return NULL;
+    if (holder < 0 || holder > 0xFFFF || flags < 0 || flags > 0xFF) {
+        PyErr_Format(PyExc_ValueError, "Buddy.take: holder %ld or flags %ld out of range",
+                     holder, flags);
+        return NULL;
+    }
+    if (over > 0 || n > (1LL << 62))
+        return PyLong_FromLong(-1);  /* larger than any arena: no block (a spill) */
     if (n < 1)
         n = 1;
     uint64_t blocks = ((uint64_t)n + (1ULL << b->shift) - 1) >> b->shift;
@@ -1626,11 +1638,13 @@ Buddy_give(BuddyObject *b, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "Buddy not initialized");
         return NULL;
     }
-    long long i = PyLong_AsLongLong(args[0]), gen = PyLong_AsLongLong(args[1]);
+    int over_i = 0, over_g = 0;
+    long long i = PyLong_AsLongLongAndOverflow(args[0], &over_i);
+    long long gen = PyLong_AsLongLongAndOverflow(args[1], &over_g);
     if (PyErr_Occurred())
         return NULL;
     uint64_t *c = b->cnt;
-    if (i < 0 || i >= (long long)b->nblk || b->state[i] != B_ALLOC
+    if (over_i || over_g || i < 0 || i >= (long long)b->nblk || b->state[i] != B_ALLOC
             || (long long)b->gen[i] != gen) {
         c[BC_STALE] += 1;
         Py_RETURN_FALSE;
