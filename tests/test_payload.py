@@ -325,6 +325,12 @@ def test_c_buddy_allocator_matches_the_python_reference() -> None:
     py_arena.check_invariants()
     assert c_arena.stats() == py_arena.stats()
     assert c_arena.stats().stale > 0
+    for a in (c_arena, py_arena):
+        with a.lock:
+            for i, gen in live:
+                assert a._give(i, gen)
+        assert a.stats().in_use == 0 and a.stats().blocks == 0
+    assert _meta_bytes(c_arena) == _meta_bytes(py_arena)  # merged back to the same tiling
     c_arena.close()  # the Buddy lets go of the metadata before the unmap
     py_arena.close()
 
@@ -355,3 +361,19 @@ def test_c_buddy_rejects_bad_input_like_the_reference() -> None:
     assert c_arena.stats() == py_arena.stats()
     assert _meta_bytes(c_arena) == _meta_bytes(py_arena)
     c_arena.check_invariants()
+
+
+def test_close_with_a_live_payload_is_refused_and_changes_nothing() -> None:
+    a = Arena(1 << 14)
+    p = a.alloc(100)
+    with pytest.raises(BufferError, match="live block"):
+        a.close()
+    q = a.alloc(50)  # the arena still works
+    assert a.stats().blocks == 2
+    p.release()
+    q.release()
+    gc.collect()
+    a.check_invariants()
+    assert a.stats().in_use == 0
+    a.close()
+    a.close()  # idempotent

@@ -444,8 +444,16 @@ class Arena:
             assert c[C_FREES] <= c[C_ALLOCS] and c[C_PEAK] >= c[C_IN_USE]
 
     def close(self) -> None:
-        """Unmap (refused with BufferError while views are exported).  Optional: the mapping
-        goes away with the arena object."""
+        """Unmap (refused with BufferError while views are exported, leaving the arena as it
+        was).  Optional: the mapping goes away with the arena object."""
+        if getattr(self, "closed", False):
+            return
+        if isinstance(self._map, mmap.mmap):
+            with self.lock:  # no block or spill alive: nothing can still export the mapping
+                live = self._m.cnt[C_BLOCKS]
+            if live:
+                raise BufferError(f"arena {self.name!r} still has {live} live block(s) (payloads "
+                                  "or views of them): release them before close()")
         if self._buddy is not None:
             self._buddy.release()
             self._buddy = None
