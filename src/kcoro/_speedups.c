@@ -585,6 +585,69 @@ op_done(OpObject *op, PyObject *task, PyObject *x, PyObject *value, PyObject **r
 static int may_block(void);
 static void stamp_now(PyObject *ch);
 
+/* Complete a send or receive in one section if it can be done at once (no waiting), as the
+ * caller's Python twin would: stamp, report an evicted item, wake the partner.  Anything else --
+ * full, empty, closed, a drop to decide, a size that needs Python, a Python section in progress
+ * in another thread -- changes nothing and is left to the Python path.
+ * send_now: 1 done, 0 left to Python, -1 error.
+ * recv_now: the item (new reference); NULL with *st == ST_SLOW (left to Python) or ST_ERROR. */
+static int
+send_now(PyObject *ch, PyObject *item)
+{
+    PyObject *x, *old;
+    if (PyDict_GET_SIZE(owner_dict) != 0)
+        return 0;
+    Py_ssize_t nb = builtin_nbytes(item);
+    if (nb == -1)
+        return -1;
+    if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)  /* re-checked: sizing may run Python */
+        return 0;
+    int st = put_section(ch, item, nb, NULL, &x, &old);
+    if (st == ST_ERROR)
+        return -1;
+    if (st != ST_OK)
+        return 0;
+    stamp_now(ch);  /* inside the section, before any Python code runs */
+    if (old != NULL && report_dropped(ch, old) < 0) {
+        Py_XDECREF(x);
+        return -1;
+    }
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0)
+            return -1;
+    }
+    return 1;
+}
+
+static PyObject *
+recv_now(PyObject *ch, int *st)
+{
+    PyObject *x;
+    if (PyDict_GET_SIZE(owner_dict) != 0) {
+        *st = ST_SLOW;
+        return NULL;
+    }
+    PyObject *item = get_section(ch, NULL, &x, st);
+    if (*st != ST_OK) {
+        if (*st != ST_ERROR)
+            *st = ST_SLOW;
+        return NULL;
+    }
+    stamp_now(ch);
+    if (x != NULL) {
+        int r = wake(x);
+        Py_DECREF(x);
+        if (r < 0) {
+            Py_DECREF(item);
+            *st = ST_ERROR;
+            return NULL;
+        }
+    }
+    return item;
+}
+
 /* The running asyncio loop (a new reference), or NULL (none, or a kcoro section is held). */
 static PyObject *
 foreign_loop(void)
@@ -624,58 +687,32 @@ op_delegate_foreign(OpObject *op, PyObject *loop, PyObject **result)
 static PySendResult
 foreign_fast(OpObject *op, PyObject **result)
 {
-    PyObject *x, *item;
-    int st;
     PyObject *loop = foreign_loop();
     if (loop == NULL)
         return op_delegate(op, result);
+    PyObject *item;
     if (op->is_send) {
-        Py_ssize_t nb = builtin_nbytes(op->item);
-        if (nb == -1) {
+        int r = send_now(op->ch, op->item);
+        if (r < 0) {
             Py_DECREF(loop);
             return PYGEN_ERROR;
         }
-        if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
+        if (r == 0)
             return op_delegate_foreign(op, loop, result);
-        PyObject *old;
-        st = put_section(op->ch, op->item, nb, NULL, &x, &old);
-        if (st == ST_OK)
-            stamp_now(op->ch);  /* inside the section, before any Python code runs */
-        if (old != NULL && report_dropped(op->ch, old) < 0) {
-            Py_XDECREF(x);
-            Py_DECREF(loop);
-            return PYGEN_ERROR;
-        }
-        item = Py_None;
-        Py_INCREF(item);
+        item = Py_NewRef(Py_None);
     }
     else {
-        if (PyDict_GET_SIZE(owner_dict) != 0)  /* re-checked: get_running_loop may run Python */
+        int st;
+        item = recv_now(op->ch, &st);
+        if (item == NULL) {
+            if (st == ST_ERROR) {
+                Py_DECREF(loop);
+                return PYGEN_ERROR;
+            }
             return op_delegate_foreign(op, loop, result);
-        item = get_section(op->ch, NULL, &x, &st);
-        if (st == ST_OK)
-            stamp_now(op->ch);
-    }
-    if (st == ST_ERROR) {
-        if (op->is_send)
-            Py_DECREF(item);
-        Py_DECREF(loop);
-        return PYGEN_ERROR;
-    }
-    if (st != ST_OK) {
-        if (op->is_send)
-            Py_DECREF(item);
-        return op_delegate_foreign(op, loop, result);
-    }
-    Py_DECREF(loop);
-    if (x != NULL) {
-        int r = wake(x);
-        Py_DECREF(x);
-        if (r < 0) {
-            Py_DECREF(item);
-            return PYGEN_ERROR;
         }
     }
+    Py_DECREF(loop);
     op->state = OP_DONE;
     *result = item;
     return PYGEN_RETURN;
@@ -1111,133 +1148,61 @@ stamp_now(PyObject *ch)
 static PyObject *
 chanops_send_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *item, *timeout, *cancel, *x;
+    PyObject *item, *timeout, *cancel;
     if (check_channel(self) < 0
             || parse_kw(args, nargs, kwnames, 1, "send_blocking", &item, &timeout, &cancel) < 0)
         return NULL;
-    if (timeout != Py_None || cancel != Py_None || !may_block()
-            || PyDict_GET_SIZE(owner_dict) != 0)
-        goto slow;
-    Py_ssize_t nb = builtin_nbytes(item);
-    if (nb == -1)
-        return NULL;
-    if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
-        goto slow;
-    PyObject *old;
-    int st = put_section(self, item, nb, NULL, &x, &old);
-    if (st == ST_ERROR)
-        return NULL;
-    if (st != ST_OK)
-        goto slow;
-    stamp_now(self);
-    if (old != NULL && report_dropped(self, old) < 0) {
-        Py_XDECREF(x);
-        return NULL;
-    }
-    if (x != NULL) {
-        int r = wake(x);
-        Py_DECREF(x);
+    if (timeout == Py_None && cancel == Py_None && may_block()) {
+        int r = send_now(self, item);
         if (r < 0)
             return NULL;
+        if (r)
+            Py_RETURN_NONE;
     }
-    Py_RETURN_NONE;
-slow:
     return PyObject_CallMethodObjArgs(self, s_send_blocking_slow, item, timeout, cancel, NULL);
 }
 
 static PyObject *
 chanops_recv_blocking(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *timeout, *cancel, *x;
-    int st;
+    PyObject *timeout, *cancel;
     if (check_channel(self) < 0
             || parse_kw(args, nargs, kwnames, 0, "recv_blocking", NULL, &timeout, &cancel) < 0)
         return NULL;
-    if (timeout != Py_None || cancel != Py_None || !may_block()
-            || PyDict_GET_SIZE(owner_dict) != 0)
-        goto slow;
-    PyObject *item = get_section(self, NULL, &x, &st);
-    if (st == ST_ERROR)
-        return NULL;
-    if (st != ST_OK)
-        goto slow;
-    stamp_now(self);
-    if (x != NULL) {
-        int r = wake(x);
-        Py_DECREF(x);
-        if (r < 0) {
-            Py_DECREF(item);
-            return NULL;
-        }
+    if (timeout == Py_None && cancel == Py_None && may_block()) {
+        int st;
+        PyObject *item = recv_now(self, &st);
+        if (item != NULL || st == ST_ERROR)
+            return item;
     }
-    return item;
-slow:
     return PyObject_CallMethodObjArgs(self, s_recv_blocking_slow, timeout, cancel, NULL);
 }
 
-/* try_send / try_recv: one section when it completes the operation; every other outcome (full,
- * empty, closed, a drop policy, a payload whose size needs Python, a Python section in progress)
- * goes to Channel._try_send_slow / _try_recv_slow, which redo the attempt, count the failure and
- * raise -- the C attempt changed nothing in those cases. */
+/* try_send / try_recv: send_now / recv_now; every other outcome goes to
+ * Channel._try_send_slow / _try_recv_slow, which redo the attempt, count the failure and raise
+ * (the C attempt changed nothing). */
 static PyObject *
 chanops_try_send(PyObject *self, PyObject *item)
 {
-    PyObject *x, *old;
     if (check_channel(self) < 0)
         return NULL;
-    if (PyDict_GET_SIZE(owner_dict) != 0)
-        goto slow;
-    Py_ssize_t nb = builtin_nbytes(item);
-    if (nb == -1)
+    int r = send_now(self, item);
+    if (r < 0)
         return NULL;
-    if (nb == -2 || PyDict_GET_SIZE(owner_dict) != 0)
-        goto slow;
-    int st = put_section(self, item, nb, NULL, &x, &old);
-    if (st == ST_ERROR)
-        return NULL;
-    if (st != ST_OK)
-        goto slow;
-    stamp_now(self);
-    if (old != NULL && report_dropped(self, old) < 0) {
-        Py_XDECREF(x);
-        return NULL;
-    }
-    if (x != NULL) {
-        int r = wake(x);
-        Py_DECREF(x);
-        if (r < 0)
-            return NULL;
-    }
-    Py_RETURN_TRUE;
-slow:
+    if (r)
+        Py_RETURN_TRUE;
     return PyObject_CallMethodOneArg(self, s_try_send_slow, item);
 }
 
 static PyObject *
 chanops_try_recv(PyObject *self, PyObject *unused)
 {
-    PyObject *x;
-    int st;
     if (check_channel(self) < 0)
         return NULL;
-    if (PyDict_GET_SIZE(owner_dict) != 0)
-        goto slow;
-    PyObject *item = get_section(self, NULL, &x, &st);
-    if (st == ST_ERROR)
-        return NULL;
-    if (st != ST_OK)
-        goto slow;
-    stamp_now(self);
-    if (x != NULL) {
-        int r = wake(x);
-        Py_DECREF(x);
-        if (r < 0) {
-            Py_DECREF(item);
-            return NULL;
-        }
-    }
-    return item;
-slow:
+    int st;
+    PyObject *item = recv_now(self, &st);
+    if (item != NULL || st == ST_ERROR)
+        return item;
     return PyObject_CallMethodNoArgs(self, s_try_recv_slow);
 }
 
