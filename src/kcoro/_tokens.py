@@ -225,13 +225,7 @@ class TokenKernel:
         t = Ticket(None, 0, NEW)
         t._kernel = self
         if key is None:
-            _klock.acquire()
-            try:
-                t.id = i = self._next_id()
-                self._by_id[i] = t
-                COUNTS[C_PUB_PUBLISHED] += 1
-            finally:
-                _klock.release()
+            self._enter(t)
             return t
         try:
             hash(key)
@@ -242,14 +236,18 @@ class TokenKernel:
             if key in self._by_key:
                 raise ValueError(f"a live ticket with key {key!r} is already published")
             self._by_key[key] = t
-            _klock.acquire()
-            try:
-                t.id = i = self._next_id()
-                self._by_id[i] = t
-                COUNTS[C_PUB_PUBLISHED] += 1
-            finally:
-                _klock.release()
+            self._enter(t)
         return t
+
+    def _enter(self, t: Ticket) -> None:
+        """Give ``t`` its id and make it reachable by it (one kernel-lock section)."""
+        _klock.acquire()
+        try:
+            t.id = i = self._next_id()
+            self._by_id[i] = t
+            COUNTS[C_PUB_PUBLISHED] += 1
+        finally:
+            _klock.release()
 
     def lookup(self, ref: Ticket | int | Hashable) -> Ticket | None:
         """The live ticket for an id or key (or the ticket itself), else None."""

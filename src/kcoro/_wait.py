@@ -148,13 +148,7 @@ async def park(t: Ticket, ctx: Ctx, timeout: float | None,
     try:
         await fut
     except asyncio.CancelledError as exc:
-        if not fail(t, WHY_TASK, exc.args[0] if exc.args else None):
-            # A completion won the race: the operation returns what it was given.  The
-            # cancellation is re-delivered at the task's next await, unless by then it was
-            # consumed (asyncio.timeout() uncancels on exit) or the task has finished.
-            task = asyncio.current_task()
-            if task is not None:
-                loop.call_soon(_redeliver_cancel, task, exc.args[0] if exc.args else None)
+        foreign_cancelled(t, exc)
     finally:
         _foreign_park(t, -1)
         if h is not None:
@@ -162,9 +156,10 @@ async def park(t: Ticket, ctx: Ctx, timeout: float | None,
 
 
 def foreign_cancelled(t: Ticket, exc: BaseException) -> None:
-    """An asyncio task parked on ``t`` (no timeout) got ``CancelledError``: cancel ``t``; if a
-    completion won the race, the operation returns what it was given and the cancellation is
-    re-delivered at the task's next await (see :func:`park`)."""
+    """An asyncio task parked on ``t`` got ``CancelledError``: cancel ``t``.  If a completion
+    won the race, the operation returns what it was given and the cancellation is re-delivered
+    at the task's next await, unless by then it was consumed (``asyncio.timeout()`` uncancels
+    on exit) or the task has finished."""
     msg = exc.args[0] if exc.args else None
     if not fail(t, WHY_TASK, msg):
         task = asyncio.current_task()

@@ -543,7 +543,6 @@ def test_nothing_in_dev_shm_and_memfd_is_used() -> None:
     ch: ipc.Channel[Any] = ipc.Channel(1)
     link = os.readlink(f"/proc/self/fd/{ch._r.fd}")
     assert link.startswith("/memfd:kcoro-ipc")
-    time.sleep(0)
 
 
 def test_select_over_ipc_from_asyncio_and_threads() -> None:
